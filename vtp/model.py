@@ -64,7 +64,10 @@ class VTPModel(nn.Module):
         if c.train_clip:
             self.text_transformer = TextTransformer(c.text_embed_dim, c.text_depth, c.text_num_heads,
                                                     c.text_mlp_ratio, c.text_ls_init_value, c.text_quick_gelu)
-            self.token_embedding = nn.Embedding(c.text_vocab_size, c.text_embed_dim)
+            # `_weight` skips nn.Embedding's own normal_() init: on the meta device that call alone imports
+            # torch._dynamo (about 1.5 s); init_weights() initialises it when no checkpoint is loaded
+            self.token_embedding = nn.Embedding(c.text_vocab_size, c.text_embed_dim,
+                                                _weight=torch.empty(c.text_vocab_size, c.text_embed_dim))
             self.ln_final = LayerNorm(c.text_embed_dim, eps=1e-5)
         else:
             self.text_transformer = None
@@ -141,7 +144,7 @@ class VTPModel(nn.Module):
         if self.config.train_clip and not self.config.text_no_causal_mask:
             self.attn_mask = causal_mask(self.config.text_context_length, device=device)
         for rope in self.rope_modules():
-            rope.periods = rope_periods(rope.head_dim, rope.base, rope.dtype).to(device)
+            rope.periods = rope_periods(rope.head_dim, rope.base, rope.dtype, device=device)
 
     def rope_modules(self):
         mods = [self.trunk.rope_embed]

@@ -76,8 +76,10 @@ class TextTransformer(nn.Module):
         return x
 
 
-def causal_mask(context_length: int, device=None) -> torch.Tensor:
-    """[C, C] fp32 additive mask: 0 on and below the diagonal, -inf above (token t sees 0..t)."""
+def causal_mask(context_length: int, device="cpu") -> torch.Tensor:
+    """[C, C] fp32 additive mask: 0 on and below the diagonal, -inf above (token t sees 0..t).
+
+    The device is explicit so that a model built under `torch.device("meta")` still gets a real mask."""
     mask = torch.empty(context_length, context_length, device=device)
     mask.fill_(float("-inf"))
     return mask.triu_(1)

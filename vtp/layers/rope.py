@@ -14,9 +14,12 @@ from torch import nn
 ROPE_BASE = 100.0
 
 
-def rope_periods(head_dim: int, base: float = ROPE_BASE, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """p_k = base ** (2k / (head_dim/2)), k < head_dim/4, every op rounded to `dtype`."""
-    k = torch.arange(head_dim // 4, dtype=dtype)
+def rope_periods(head_dim: int, base: float = ROPE_BASE, dtype: torch.dtype = torch.bfloat16,
+                 device="cpu") -> torch.Tensor:
+    """p_k = base ** (2k / (head_dim/2)), k < head_dim/4, every op rounded to `dtype`.
+
+    The device is explicit so that a model built under `torch.device("meta")` still gets real periods."""
+    k = torch.arange(head_dim // 4, dtype=dtype, device=device)
     return base ** (2 * k / (head_dim // 2))
 
 
