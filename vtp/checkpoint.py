@@ -207,6 +207,10 @@ def save_model(model, folder, max_shard_bytes: Optional[int] = None) -> Path:
         atomic_write_json(folder / SAFETENSORS_INDEX_NAME, {"metadata": {"total_size": total},
                                                             "weight_map": dict(sorted(weight_map.items()))})
     model.config.save(folder)
+    from . import weights
+
+    if (folder / weights.MANIFEST_NAME).exists():  # keep an existing manifest true to the files
+        weights.write_manifest(folder, source="save_pretrained")
     return folder
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -181,7 +181,12 @@ def preprocess(image: PathLike | Image.Image, size: Size = 256, mode: str = "res
 
     Then ``uint8 / 255`` (ToTensor) and ``(x - mean) / std`` with the ImageNet constants.
     """
-    img = load_image(image) if not isinstance(image, Image.Image) else _to_rgb(image)
+    if isinstance(image, Image.Image):
+        img = _to_rgb(image)
+    elif isinstance(image, (str, os.PathLike)):
+        img = load_image(image)
+    else:
+        raise TypeError(f"preprocess expects a file path or a PIL image, got {type(image).__name__}")
     if mode == "resize":
         height, width = _size_hw(size)
         img = img.resize((width, height), Image.Resampling.BILINEAR)
@@ -287,9 +292,10 @@ def save_png(x_normalized: torch.Tensor, path: PathLike) -> Path:
     pixels = to_uint8(x_normalized)
     path = Path(os.fspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # open(..., "xb") rather than mkstemp: the file gets the umask's permissions, not 0600.
+    tmp_name = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp_name, "xb") as f:
             Image.fromarray(pixels).save(f, format="PNG")
             f.flush()
             os.fsync(f.fileno())
@@ -309,8 +315,8 @@ def save_png(x_normalized: torch.Tensor, path: PathLike) -> Path:
 
 
 def _as_batch(a, b, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    a = torch.as_tensor(a).detach()
-    b = torch.as_tensor(b).detach()
+    a = torch.as_tensor(a).detach().cpu()
+    b = torch.as_tensor(b).detach().cpu()
     if a.shape != b.shape:
         raise ValueError(f"{name}: inputs must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dim() not in (3, 4):
@@ -338,7 +344,8 @@ def psnr(a, b, data_range: float = 1.0, reduction: str = "mean") -> torch.Tensor
         reduction: ``"mean"`` -- the mean over the batch of the per-image PSNR (0-d tensor);
             ``"none"`` -- per-image values, shape [B].
 
-    Computed in float64 and returned as a float64 tensor. Identical images (MSE = 0) give ``+inf``
+    ``psnr(255 * x, 255 * y, data_range=255)`` equals ``psnr(x, y)`` (the tool's formula on x255 values).
+    Computed on the CPU in float64, returned as a float64 CPU tensor. Identical images (MSE = 0) give ``+inf``
     (and then the batch mean is ``+inf``); NaN in an input gives NaN for that image.
     """
     if not data_range > 0:
@@ -378,7 +385,7 @@ def ssim(
     (variances clamped at 0 against rounding); the map is averaged over channels and positions per
     image. This matches torchmetrics' default ``StructuralSimilarityIndexMeasure`` (which pads and
     then crops the border, i.e. a valid convolution), up to float rounding: this function computes
-    in float64.
+    on the CPU in float64 and returns a float64 CPU tensor.
 
     Args:
         a, b: [B, C, H, W] or [C, H, W] tensors in [0, data_range]; H, W >= window_size.
@@ -393,7 +400,7 @@ def ssim(
     batch, channels, height, width = a.shape
     if height < window_size or width < window_size:
         raise ValueError(f"ssim: images must be at least {window_size}x{window_size}, got {height}x{width}")
-    window = _gaussian_window(window_size, sigma).to(a.device).expand(channels, 1, window_size, window_size)
+    window = _gaussian_window(window_size, sigma).expand(channels, 1, window_size, window_size)
 
     def local_mean(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H-w+1, W-w+1)
         return F.conv2d(x, window, groups=channels)

@@ -1,0 +1,491 @@
+"""PASS/FAIL decisions on `verify.metrics.compare_tensors` records, against versioned thresholds.
+
+The metrics are computed in `verify.metrics`; this module only reads the records and applies the
+rules. Thresholds come from a YAML file (default: ``verify/thresholds.yaml``, schema
+``vtp-thresholds/1``, documented in the file's comments) read by `load_thresholds`.
+
+Rules for one tensor (`judge`); any one of them makes it FAIL, and each gives one reason line:
+
+- the record is not a ``vtp-compare/1`` record, or its shapes differ, or a side is empty;
+- the candidate is NaN/Inf where the reference is finite, or has more NaN/Inf than the
+  reference, or both are non-finite but of a different kind (NaN vs Inf, +Inf vs -Inf), or the
+  reference is NaN/Inf where the candidate is finite (the reference is no baseline there);
+- ``relative_error_mean >= max_rel_err``; ``cosine_similarity < min_cosine``;
+  ``relative_l2_error > max_rel_l2`` (when set);
+- for records made with ``probabilities=True``: ``top1_agreement < min_top1`` (when set),
+  ``max_abs_error > max_prob_abs`` (when set);
+- a metric that a rule needs is missing, unreadable or NaN: never PASS without a number.
+
+Positions that are non-finite identically on both sides are left out of the metrics (as msprobe
+does) and do not fail by themselves; the PASS summary says how many there were.
+
+Output shapes (plain dicts, JSON-serialisable)::
+
+    judge      -> {"name": str, "precision": str | None, "verdict": "PASS" | "FAIL",
+                   "reasons": [str],            # empty on PASS
+                   "summary": str,              # one line, PASS or FAIL
+                   "thresholds": {key: float | None}}   # the limits applied, overrides merged
+    judge_task -> {"task": str | None, "precision": str | None, "verdict": "PASS" | "FAIL",
+                   "passed": int, "failed": int, "failed_tensors": [str],
+                   "reasons": [str],            # every tensor's reasons, "[task] "-prefixed
+                   "tensors": [judge output]}
+    overall_verdict -> {"verdict": "PASS" | "FAIL", "tasks": int, "passed": int, "failed": int,
+                        "failed_tasks": [str], "reasons": [str]}
+
+A reason line names the tensor, the metric, its value, the comparison and the threshold key, and
+adds where the worst element sits, e.g.::
+
+    clip_image: cosine_similarity 0.99812 < 0.9999 (threshold min_cosine); 12/768 elements over
+    tolerance (rtol=0.001, atol=1e-05); worst |a-b|=0.0031 at (0, 17): a=0.5102 b=0.5133
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Union
+
+from omegaconf import OmegaConf
+
+from .metrics import COMPARE_SCHEMA, parse_json_float
+
+__all__ = [
+    "DEFAULT_THRESHOLDS_PATH",
+    "FAIL",
+    "PASS",
+    "PRECISIONS",
+    "THRESHOLD_KEYS",
+    "THRESHOLDS_SCHEMA",
+    "ThresholdsError",
+    "judge",
+    "judge_task",
+    "load_thresholds",
+    "overall_verdict",
+    "select_thresholds",
+    "validate_thresholds",
+]
+
+THRESHOLDS_SCHEMA = "vtp-thresholds/1"
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_THRESHOLDS_PATH = Path(__file__).with_name("thresholds.yaml")
+PASS, FAIL = "PASS", "FAIL"
+
+# key -> (required: null not allowed, lowest value, highest value, lowest value allowed itself)
+_KEY_SPECS = {
+    "max_rel_err": (True, 0.0, math.inf, False),
+    "min_cosine": (True, -1.0, 1.0, True),
+    "max_rel_l2": (False, 0.0, math.inf, True),
+    "min_top1": (False, 0.0, 1.0, True),
+    "max_prob_abs": (False, 0.0, math.inf, True),
+}
+THRESHOLD_KEYS = tuple(_KEY_SPECS)
+_TOP_LEVEL_KEYS = ("schema", "version", "precisions", "overrides")
+
+
+class ThresholdsError(ValueError):
+    """A threshold file or dict that cannot be used; the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# Thresholds
+# --------------------------------------------------------------------------------------------
+def _number(value, source: str, key: str, required: bool) -> Optional[float]:
+    if value is None:
+        if required:
+            raise ThresholdsError(f"{source}: key '{key}' is null; it needs a number")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ThresholdsError(
+            f"{source}: key '{key}' must be a number, got {type(value).__name__} {value!r}"
+        )
+    v = float(value)
+    _, low, high, low_ok = _KEY_SPECS[key.rsplit(".", 1)[-1]]
+    if not math.isfinite(v) or v > high or v < low or (v == low and not low_ok):
+        bound = f"{'>=' if low_ok else '>'} {low:g}"
+        if high < math.inf:
+            bound += f" and <= {high:g}"
+        raise ThresholdsError(f"{source}: key '{key}' must be finite and {bound}, got {v!r}")
+    return v
+
+
+def _block(block, source: str, where: str, need: str) -> dict:
+    """Validate one set of limits. need: "all" keys, the "required" ones, or "none" (override)."""
+    if not isinstance(block, Mapping):
+        raise ThresholdsError(
+            f"{source}: key '{where}' must be a mapping with keys {', '.join(THRESHOLD_KEYS)}, "
+            f"got {type(block).__name__}"
+        )
+    for key in block:
+        if key not in _KEY_SPECS:
+            raise ThresholdsError(
+                f"{source}: unknown key '{where}.{key}' (known: {', '.join(THRESHOLD_KEYS)})"
+            )
+    out = {}
+    for key, (required, *_rest) in _KEY_SPECS.items():
+        if key not in block:
+            if need == "all" or (need == "required" and required):
+                raise ThresholdsError(f"{source}: missing key '{where}.{key}'")
+            if need == "required":
+                out[key] = None
+            continue
+        out[key] = _number(block[key], source, f"{where}.{key}", required)
+    return out
+
+
+def validate_thresholds(raw, source: str = "<thresholds>") -> dict:
+    """Check a parsed threshold document and return it normalised (see `load_thresholds`).
+
+    ``source`` names the document in error messages (the file path for `load_thresholds`).
+    Raises ThresholdsError naming ``source`` and the offending key for: a non-mapping document,
+    an unknown or missing top-level key, a schema other than ``vtp-thresholds/1``, a version that
+    is not an integer >= 1, an unknown or missing precision, a missing or unknown limit key, a
+    value that is not a number (strings and booleans included) or is out of range.
+    """
+    if not isinstance(raw, Mapping):
+        raise ThresholdsError(f"{source}: the document must be a mapping, got {type(raw).__name__}")
+    for key in raw:
+        if key not in _TOP_LEVEL_KEYS:
+            raise ThresholdsError(
+                f"{source}: unknown top-level key '{key}' (known: {', '.join(_TOP_LEVEL_KEYS)})"
+            )
+    for key in ("schema", "version", "precisions"):
+        if key not in raw:
+            raise ThresholdsError(f"{source}: missing key '{key}'")
+    if raw["schema"] != THRESHOLDS_SCHEMA:
+        raise ThresholdsError(
+            f"{source}: key 'schema' is {raw['schema']!r}; this reader supports "
+            f"{THRESHOLDS_SCHEMA!r} only"
+        )
+    version = raw["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ThresholdsError(f"{source}: key 'version' must be an integer >= 1, got {version!r}")
+
+    def known_precisions(mapping, where):
+        if not isinstance(mapping, Mapping):
+            raise ThresholdsError(
+                f"{source}: key '{where}' must be a mapping of precisions, "
+                f"got {type(mapping).__name__}"
+            )
+        for p in mapping:
+            if p not in PRECISIONS:
+                raise ThresholdsError(
+                    f"{source}: unknown precision '{where}.{p}' (known: {', '.join(PRECISIONS)})"
+                )
+
+    known_precisions(raw["precisions"], "precisions")
+    precisions = {}
+    for p in PRECISIONS:
+        if p not in raw["precisions"]:
+            raise ThresholdsError(f"{source}: missing key 'precisions.{p}'")
+        precisions[p] = _block(raw["precisions"][p], source, f"precisions.{p}", need="all")
+
+    raw_overrides = raw.get("overrides") or {}
+    known_precisions(raw_overrides, "overrides")
+    overrides = {p: {} for p in PRECISIONS}
+    for p, per_tensor in raw_overrides.items():
+        if per_tensor is None:
+            continue
+        if not isinstance(per_tensor, Mapping):
+            raise ThresholdsError(
+                f"{source}: key 'overrides.{p}' must map tensor names to limits, "
+                f"got {type(per_tensor).__name__}"
+            )
+        for name, block in per_tensor.items():
+            overrides[p][str(name)] = _block(block, source, f"overrides.{p}.{name}", need="none")
+
+    return {
+        "schema": THRESHOLDS_SCHEMA,
+        "version": version,
+        "source": source,
+        "precisions": precisions,
+        "overrides": overrides,
+    }
+
+
+def load_thresholds(path: Union[str, Path, None] = None) -> dict:
+    """Read and validate a threshold file (default ``verify/thresholds.yaml``) with OmegaConf.
+
+    Returns ``{"schema": "vtp-thresholds/1", "version": int, "source": str (the path),
+    "precisions": {"fp32" | "fp16" | "bf16": {key: float | None}},
+    "overrides": {precision: {tensor name: {key: float | None}}}}``, every precision present in
+    ``overrides`` (possibly empty). Keys: ``max_rel_err``, ``min_cosine``, ``max_rel_l2``,
+    ``min_top1``, ``max_prob_abs``; None means "not checked". Integers become floats.
+
+    Raises FileNotFoundError for a missing file, ThresholdsError (a ValueError) naming the file
+    and the key for anything `validate_thresholds` rejects and for YAML that does not parse.
+    """
+    path = Path(path) if path is not None else DEFAULT_THRESHOLDS_PATH
+    source = str(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: threshold file not found")
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True, throw_on_missing=True)
+    except Exception as e:  # YAML syntax, duplicate keys, bad interpolation, '???' values
+        raise ThresholdsError(f"{source}: cannot read the threshold file: {e}") from e
+    return validate_thresholds(raw, source)
+
+
+def select_thresholds(table: Mapping, precision: str, name: Optional[str] = None) -> dict:
+    """The limits for one tensor: ``table["precisions"][precision]`` with the overrides for
+    ``name`` (if any) merged over it. ``table`` comes from `load_thresholds`.
+
+    Raises ThresholdsError for a precision other than fp32, fp16, bf16.
+    """
+    if precision not in PRECISIONS:
+        raise ThresholdsError(
+            f"{table.get('source', '<thresholds>')}: unknown precision {precision!r} "
+            f"(known: {', '.join(PRECISIONS)})"
+        )
+    limits = dict(table["precisions"][precision])
+    if name is not None:
+        limits.update(table.get("overrides", {}).get(precision, {}).get(name, {}))
+    return limits
+
+
+def _resolve(thresholds: Mapping, precision: Optional[str], name: str) -> dict:
+    if not isinstance(thresholds, Mapping):
+        raise TypeError(f"thresholds must be a dict, got {type(thresholds).__name__}")
+    if "precisions" in thresholds:
+        if precision is None:
+            raise ValueError(
+                "thresholds is a full table from load_thresholds(); pass precision="
+                + " | ".join(repr(p) for p in PRECISIONS)
+            )
+        return select_thresholds(thresholds, precision, name)
+    return _block(thresholds, "<thresholds argument>", "thresholds", need="required")
+
+
+# --------------------------------------------------------------------------------------------
+# Verdicts
+# --------------------------------------------------------------------------------------------
+def _fmt(value: float, other: Optional[float] = None) -> str:
+    """``value`` with 6 significant digits, more when needed for the printed number to compare
+    with ``other`` (a threshold) the way ``value`` does: 0.99989999 vs 0.9999 is not "0.9999"."""
+    text = f"{value:.6g}"
+    if other is None or not math.isfinite(value) or not math.isfinite(other):
+        return text
+    for digits in range(6, 18):
+        text = f"{value:.{digits}g}"
+        shown = float(text)
+        if (shown < other, shown > other) == (value < other, value > other):
+            return text
+    return repr(value)
+
+
+def _fmt_limit(limit: float) -> str:
+    """A threshold exactly as written in the file: the shortest text that reads back as it."""
+    text = f"{limit:g}"
+    return text if float(text) == limit else repr(limit)
+
+
+def _shape(side: Mapping) -> str:
+    shape = side.get("shape")
+    return str(tuple(shape)) if isinstance(shape, (list, tuple)) else "?"
+
+
+def _nonfinite_text(counts: Mapping) -> str:
+    return ", ".join(f"{k}={counts.get(k, '?')}" for k in ("nan", "posinf", "neginf"))
+
+
+def _where_worst(record: Mapping) -> str:
+    """'; 12/768 elements over tolerance (...); worst |a-b|=... at (0, 17): a=.. b=..' or ''."""
+    m = record.get("metrics") or {}
+    parts = []
+    over, tol = m.get("over_tolerance"), record.get("tolerance") or {}
+    numel = (record.get("reference") or {}).get("numel", "?")
+    if isinstance(over, Mapping) and "count" in over:
+        parts.append(
+            f"{over['count']}/{numel} elements over tolerance "
+            f"(rtol={tol.get('rtol', '?')}, atol={tol.get('atol', '?')})"
+        )
+    worst = m.get("max_abs_error")
+    if isinstance(worst, Mapping) and worst.get("index") is not None:
+        try:
+            value, a, b = (parse_json_float(worst[k]) for k in ("value", "candidate", "reference"))
+            parts.append(
+                f"worst |a-b|={_fmt(value)} at {tuple(worst['index'])}: a={_fmt(a)} b={_fmt(b)}"
+            )
+        except (KeyError, TypeError, ValueError):
+            pass
+    return "".join("; " + p for p in parts)
+
+
+# (metric key in record["metrics"], threshold key, comparison that FAILS, probabilities only)
+_RULES = (
+    ("relative_error_mean", "max_rel_err", ">=", False),
+    ("cosine_similarity", "min_cosine", "<", False),
+    ("relative_l2_error", "max_rel_l2", ">", False),
+    ("top1_agreement", "min_top1", "<", True),
+    ("max_abs_error", "max_prob_abs", ">", True),
+)
+_FAILS = {">=": lambda v, t: v >= t, "<": lambda v, t: v < t, ">": lambda v, t: v > t}
+_PASSES_AS = {">=": "<", "<": ">=", ">": "<="}
+
+
+def _nonfinite_reasons(name: str, record: Mapping) -> list:
+    cand, ref = record.get("candidate") or {}, record.get("reference") or {}
+    cnf, rnf, mm = cand.get("nonfinite"), ref.get("nonfinite"), record.get("nonfinite_mismatch")
+    if not isinstance(cnf, Mapping) or not isinstance(rnf, Mapping) or not isinstance(mm, Mapping):
+        return [f"{name}: non-finite counts missing from the record; cannot PASS"]
+    counts = f"(candidate {_nonfinite_text(cnf)}; reference {_nonfinite_text(rnf)})"
+    reasons = []
+    only_c, only_r, kind = (
+        mm.get(k, 0) for k in ("candidate_only", "reference_only", "kind_differs")
+    )
+    if only_c:
+        reasons.append(
+            f"{name}: candidate has {only_c} NaN/Inf value(s) where the reference is finite "
+            f"{counts}"
+        )
+    elif sum(cnf.values()) > sum(rnf.values()):
+        reasons.append(
+            f"{name}: candidate has more NaN/Inf values than the reference "
+            f"({sum(cnf.values())} vs {sum(rnf.values())}) {counts}"
+        )
+    if kind:
+        reasons.append(
+            f"{name}: {kind} position(s) are non-finite on both sides but differ "
+            f"(NaN vs Inf or +Inf vs -Inf) {counts}"
+        )
+    if only_r:
+        reasons.append(
+            f"{name}: reference has {only_r} NaN/Inf value(s) where the candidate is finite; "
+            f"the reference is no baseline there {counts}"
+        )
+    return reasons
+
+
+def _reasons_and_checks(name: str, record, limits: Mapping):
+    """(failure reasons, passing comparisons as text) for one record."""
+    if not isinstance(record, Mapping) or record.get("schema") != COMPARE_SCHEMA:
+        got = record.get("schema") if isinstance(record, Mapping) else type(record).__name__
+        return [f"{name}: not a compare_tensors record (schema {got!r}, expected "
+                f"{COMPARE_SCHEMA!r}); cannot PASS"], []
+    cand, ref = record.get("candidate") or {}, record.get("reference") or {}
+    if record.get("shape_mismatch"):
+        return [f"{name}: shape mismatch: candidate {_shape(cand)} vs reference {_shape(ref)}; "
+                f"no metrics computed"], []
+    if record.get("empty"):
+        return [f"{name}: empty output: candidate numel {cand.get('numel', '?')}, reference numel "
+                f"{ref.get('numel', '?')}; nothing to certify"], []
+
+    reasons = _nonfinite_reasons(name, record)
+    metrics = record.get("metrics")
+    if not isinstance(metrics, Mapping):
+        return reasons + [f"{name}: metrics missing from the record; cannot PASS"], []
+    where = _where_worst(record)
+    checks = []
+    for metric, key, fails_as, probabilities_only in _RULES:
+        limit = limits.get(key)
+        if limit is None or (probabilities_only and not record.get("probabilities")):
+            continue
+        raw = metrics.get(metric)
+        if isinstance(raw, Mapping):  # max_abs_error: {"value": ..., "index": ...}
+            raw = raw.get("value")
+        try:
+            value = parse_json_float(raw)
+        except ValueError:
+            reasons.append(f"{name}: {metric} is unreadable ({raw!r}); cannot PASS "
+                           f"(threshold {key} {_fmt_limit(limit)})")
+            continue
+        if value is None:
+            reasons.append(f"{name}: {metric} missing; cannot PASS "
+                           f"(threshold {key} {_fmt_limit(limit)})")
+        elif math.isnan(value):
+            reasons.append(f"{name}: {metric} is NaN (no position finite on both sides?); cannot "
+                           f"PASS (threshold {key} {_fmt_limit(limit)}){where}")
+        elif _FAILS[fails_as](value, limit):
+            reasons.append(f"{name}: {metric} {_fmt(value, limit)} {fails_as} {_fmt_limit(limit)} "
+                           f"(threshold {key}){where}")
+        else:
+            passes_as = _PASSES_AS[fails_as]
+            checks.append(f"{metric} {_fmt(value, limit)} {passes_as} {_fmt_limit(limit)}")
+    return reasons, checks
+
+
+def judge(metrics: Mapping, thresholds: Mapping, *, precision: Optional[str] = None) -> dict:
+    """PASS or FAIL for one `compare_tensors` record, with a reason line per failed rule.
+
+    ``thresholds`` is either the table from `load_thresholds` (then ``precision`` is required and
+    the per-tensor overrides for ``metrics["name"]`` apply) or a flat dict of limits such as
+    ``{"max_rel_err": 0.01, "min_cosine": 0.9999}`` (``max_rel_err`` and ``min_cosine``
+    required, the other keys optional, None = not checked). The rules and the output shape are in
+    the module docstring. Malformed records FAIL with a reason; malformed thresholds raise.
+    """
+    name = str(metrics.get("name", "<unnamed>")) if isinstance(metrics, Mapping) else "<unnamed>"
+    limits = _resolve(thresholds, precision, name)
+    reasons, checks = _reasons_and_checks(name, metrics, limits)
+    verdict = FAIL if reasons else PASS
+    if verdict == PASS:
+        excluded = ""
+        if metrics.get("nonfinite_present"):
+            n = sum((metrics.get("candidate") or {}).get("nonfinite", {}).values())
+            excluded = f"; {n} matching NaN/Inf position(s) excluded from the metrics"
+        summary = f"{name}: PASS ({precision or 'given thresholds'}): {', '.join(checks)}{excluded}"
+    else:
+        summary = f"{name}: FAIL ({len(reasons)} reason(s))"
+    return {
+        "name": name,
+        "precision": precision,
+        "verdict": verdict,
+        "reasons": reasons,
+        "summary": summary,
+        "thresholds": dict(limits),
+    }
+
+
+def judge_task(
+    tensor_metrics: Iterable[Mapping],
+    thresholds: Mapping,
+    *,
+    precision: Optional[str] = None,
+    task: Optional[str] = None,
+) -> dict:
+    """Judge every tensor of one task (e.g. "reconstruction"); FAIL if any tensor fails, or if
+    there is no tensor at all. Reasons are prefixed with ``[task]`` when ``task`` is given.
+    Output shape: see the module docstring."""
+    results = [judge(m, thresholds, precision=precision) for m in tensor_metrics]
+    prefix = f"[{task}] " if task else ""
+    failed = [r["name"] for r in results if r["verdict"] != PASS]
+    reasons = [prefix + line for r in results for line in r["reasons"]]
+    if not results:
+        reasons.append(f"{prefix}no tensors were compared; cannot PASS")
+    return {
+        "task": task,
+        "precision": precision,
+        "verdict": FAIL if (failed or not results) else PASS,
+        "passed": len(results) - len(failed),
+        "failed": len(failed),
+        "failed_tensors": failed,
+        "reasons": reasons,
+        "tensors": results,
+    }
+
+
+def overall_verdict(task_verdicts: Iterable[Mapping]) -> dict:
+    """PASS only if there is at least one task and every task's verdict is exactly "PASS".
+
+    A task with a verdict that is neither PASS nor FAIL fails with a reason. Output shape: see
+    the module docstring.
+    """
+    tasks = list(task_verdicts)
+    reasons, failed = [], []
+    for i, t in enumerate(tasks):
+        label = (t.get("task") if isinstance(t, Mapping) else None) or f"task #{i}"
+        verdict = t.get("verdict") if isinstance(t, Mapping) else None
+        if verdict == PASS:
+            continue
+        failed.append(label)
+        if verdict == FAIL:
+            reasons.extend(t.get("reasons") or [f"{label}: FAIL (no reason recorded)"])
+        else:
+            reasons.append(f"{label}: verdict {verdict!r} is neither PASS nor FAIL; cannot PASS")
+    if not tasks:
+        reasons.append("no tasks were run; cannot PASS")
+    return {
+        "verdict": FAIL if (failed or not tasks) else PASS,
+        "tasks": len(tasks),
+        "passed": len(tasks) - len(failed),
+        "failed": len(failed),
+        "failed_tasks": failed,
+        "reasons": reasons,
+    }
