@@ -218,6 +218,9 @@ def _atomic_save(save_file, tensors, path: Path, meta) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=meta)
+        from .io_utils import _umask
+
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

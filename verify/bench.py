@@ -1,0 +1,169 @@
+"""Benchmarks that print numbers (targets are checked here, not by timed tests).
+
+    python -m verify.bench load            # cold-process load time and peak RSS of a Small-sized checkpoint
+    python -m verify.bench tasks           # per-task CPU fp32 latency (median, p90, min)
+    python -m verify.bench all
+
+Targets (issue 2): a cold process that imports vtp and loads a Small-sized checkpoint from local disk takes
+at most 1.0 s more than `python -c "import torch"`; peak RSS beyond torch's baseline is at most 1.3x the
+checkpoint size. The comparison with the original implementation is `python -m verify.bench_original`;
+the fusion layer's numbers are `python -m ascend.fusion_bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+logger = logging.getLogger("verify.bench")
+
+PRESET = "VTP-Small-f16d64"
+LOAD_BUDGET_S = 1.0
+RSS_BUDGET_RATIO = 1.3
+
+_CHILD = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+rss_torch = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+mode, folder = sys.argv[1], sys.argv[2]
+if mode != "torch":
+    from vtp import VTPModel
+    model = VTPModel.from_pretrained(folder)
+    if mode == "touch":  # read every weight once, as a forward pass would
+        with torch.no_grad():
+            s = sum(float(p.float().sum()) for p in model.state_dict().values())
+t2 = time.perf_counter()
+print(json.dumps({"import_torch_s": t1 - t0, "after_torch_s": t2 - t1, "total_s": t2 - t0,
+                  "rss_torch": rss_torch, "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def _run_child(mode: str, folder: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _CHILD, mode, folder], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def make_synthetic_checkpoint(folder: Path, preset: str = PRESET) -> Path:
+    from vtp import VTPModel
+
+    if not (folder / "model.safetensors").exists():
+        logger.info("writing a synthetic %s checkpoint to %s", preset, folder)
+        VTPModel.synthetic(preset, seed=0).save_pretrained(folder)
+    return folder
+
+
+def bench_load(weights: Path, repeats: int) -> dict:
+    size = sum(f.stat().st_size for f in weights.glob("*.safetensors"))
+    _run_child("load", str(weights))  # warm the page cache: "from local disk" means a warm file cache
+    runs = {"torch": [], "load": [], "touch": []}
+    for _ in range(repeats):  # interleaved, so that machine noise hits every mode alike
+        for mode in runs:
+            runs[mode].append(_run_child(mode, str(weights)))
+    med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
+    extra_s = med["load"]["total_s"] - med["torch"]["total_s"]
+    rss_load = med["load"]["rss_peak"] - med["torch"]["rss_peak"]
+    rss_touch = med["touch"]["rss_peak"] - med["torch"]["rss_peak"]
+    result = {
+        "checkpoint": str(weights), "checkpoint_bytes": size, "repeats": repeats,
+        "python_import_torch_s": med["torch"]["total_s"], "python_import_and_load_s": med["load"]["total_s"],
+        "extra_load_s": extra_s, "extra_load_budget_s": LOAD_BUDGET_S,
+        "rss_beyond_torch_after_load_bytes": rss_load,
+        "rss_beyond_torch_all_weights_read_bytes": rss_touch,
+        "rss_ratio_all_weights_read": rss_touch / size, "rss_ratio_budget": RSS_BUDGET_RATIO,
+    }
+    result["pass"] = extra_s <= LOAD_BUDGET_S and rss_touch / size <= RSS_BUDGET_RATIO
+    print(f"checkpoint            {weights} ({size / 2**20:.0f} MiB)")
+    print(f"import torch          {med['torch']['total_s'] * 1e3:8.0f} ms (median of {repeats} cold processes)")
+    print(f"import vtp + load     {med['load']['total_s'] * 1e3:8.0f} ms  -> +{extra_s * 1e3:.0f} ms "
+          f"(budget +{LOAD_BUDGET_S * 1e3:.0f} ms)")
+    print(f"peak RSS beyond torch {rss_load / 2**20:8.0f} MiB after load (memory-mapped, pages not yet read)")
+    print(f"peak RSS beyond torch {rss_touch / 2**20:8.0f} MiB with every weight read = "
+          f"{rss_touch / size:.2f}x checkpoint (budget {RSS_BUDGET_RATIO}x)")
+    return result
+
+
+def _stats(samples: list) -> dict:
+    s = sorted(samples)
+    return {"median_ms": statistics.median(s) * 1e3, "p90_ms": s[min(len(s) - 1, int(0.9 * len(s)))] * 1e3,
+            "min_ms": s[0] * 1e3, "n": len(s)}
+
+
+def bench_tasks(weights: Path, iters: int, warmup: int, size: int) -> dict:
+    import torch
+
+    from vtp import VTPModel
+    from vtp.tokenizers import get_tokenizer
+
+    model = VTPModel.from_pretrained(weights)
+    image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    text = get_tokenizer()(["a diagram", "a dog", "a cat", "a person"])
+    tasks = {
+        "reconstruction": lambda: model.get_latents_decoded_images(model.get_reconstruction_latents(image)),
+        "clip_image": lambda: model.get_clip_image_feature(image),
+        "clip_text": lambda: model.get_clip_text_feature(text),
+        "ssl": lambda: model.get_last_layer_feature(image),
+    }
+    results = {}
+    print(f"per-task CPU fp32 latency, batch 1, {size}x{size}, {torch.get_num_threads()} threads, "
+          f"{warmup} warm-up + {iters} timed")
+    with torch.no_grad():
+        for name, fn in tasks.items():
+            for _ in range(warmup):
+                fn()
+            samples = []
+            for _ in range(iters):
+                t = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - t)
+            results[name] = _stats(samples)
+            r = results[name]
+            print(f"  {name:15s} median {r['median_ms']:8.1f} ms   p90 {r['p90_ms']:8.1f} ms   min {r['min_ms']:8.1f} ms")
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m verify.bench", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  python -m verify.bench load --weights weights/VTP-Small-f16d64 --repeats 5\n"
+               "  python -m verify.bench all --json bench.json")
+    parser.add_argument("what", choices=["load", "tasks", "all"], nargs="?", default="all")
+    parser.add_argument("--weights", type=Path, help="checkpoint folder (default: a synthetic VTP-Small in a temp dir)")
+    parser.add_argument("--repeats", type=int, default=5, help="cold processes per measurement (default 5)")
+    parser.add_argument("--iters", type=int, default=10, help="timed iterations per task (default 10)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--size", type=int, default=256, help="image size for the task latencies")
+    parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.weights is not None and not (args.weights / "config.json").is_file():
+        parser.error(f"--weights {args.weights}: no config.json there")
+
+    with tempfile.TemporaryDirectory(prefix="vtp-bench-") as tmp:
+        weights = args.weights or make_synthetic_checkpoint(Path(tmp) / PRESET)
+        out = {}
+        if args.what in ("load", "all"):
+            out["load"] = bench_load(weights, args.repeats)
+        if args.what in ("tasks", "all"):
+            out["tasks"] = bench_tasks(weights, args.iters, args.warmup, args.size)
+    if args.json:
+        from vtp.io_utils import atomic_write_json
+
+        atomic_write_json(args.json, out)
+    ok = out.get("load", {}).get("pass", True)
+    print("load targets: " + ("MET" if ok else "NOT MET") if "load" in out else "")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
