@@ -336,3 +336,20 @@ def test_nan_input_passes_through(tiny_model):
     z = torch.randn(1, 8, 2, 2)
     z[0, 0, 0, 0] = float("nan")
     assert torch.isnan(tiny_model.get_latents_decoded_images(z)).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@torch.no_grad()
+def test_autocast_keeps_rope_in_bf16(tiny_model, dtype):
+    """Under fp16 autocast the original's bf16 RoPE raises in torch.stack/cat; ours runs, in bf16."""
+    img = torch.randn(1, 3, 32, 32)
+    plain = tiny_model.trunk.rope_embed(H=2, W=2)
+    with torch.autocast("cpu", dtype=dtype):
+        sin, cos = tiny_model.trunk.rope_embed(H=2, W=2)
+        lat = tiny_model.get_reconstruction_latents(img)
+        rec = tiny_model.get_latents_decoded_images(lat)
+        f = tiny_model.get_clip_text_feature(["a dog"])
+    assert sin.dtype == torch.bfloat16 and torch.equal(sin, plain[0]) and torch.equal(cos, plain[1])
+    ref = tiny_model.get_reconstruction_latents(img)
+    assert torch.isfinite(rec).all() and torch.isfinite(f).all()
+    assert ((lat.float() - ref).norm() / ref.norm()) < 0.05

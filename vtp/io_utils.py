@@ -39,3 +39,11 @@ def atomic_write_text(path: "str | os.PathLike", text: str) -> Path:
 def atomic_write_json(path: "str | os.PathLike", obj) -> Path:
     """JSON with NaN/Inf refused (allow_nan=False): outputs other programs read must be strict JSON."""
     return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def atomic_append_text(path: "str | os.PathLike", text: str) -> Path:
+    """Append by rewriting: the old content plus `text` replaces the file in one step, so a crash never
+    leaves a half-written run in the log."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    return atomic_write_text(path, old + text)

@@ -276,10 +276,16 @@ class VTPModel(nn.Module):
         """(logits_per_image (Bi, Bt), logits_per_text (Bt, Bi)) = (exp(logit_scale)·img) @ txtᵀ [+ bias]."""
         image_features = self.get_clip_image_feature(image, normalize=True)
         text_features = self.get_clip_text_feature(text, normalize=True)
+        logits = self.logits_from_features(image_features, text_features)
+        return logits, logits.T
+
+    def logits_from_features(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Image-to-text logits (Bi, Bt) from normalised features, as get_clip_logits computes them."""
+        self._require_clip("logits_from_features")
         logits = self.logit_scale.exp() * image_features @ text_features.T
         if self.logit_bias is not None:
             logits = logits + self.logit_bias
-        return logits, logits.T
+        return logits
 
     def get_reconstruction_latents(self, image: torch.Tensor) -> torch.Tensor:
         """Latents (B, b, H/P, W/P): bottleneck of the final-normed patch tokens, channel-first."""

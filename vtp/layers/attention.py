@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .norm import RMSNorm
-from .rope import rope_apply
+from .rope import no_autocast, rope_apply
 
 
 class SelfAttention(nn.Module):
@@ -25,10 +25,11 @@ class SelfAttention(nn.Module):
         """Rotate q and k of the non-prefix tokens; the whole of q and k round-trips through the table dtype."""
         sin, cos = rope
         q_dtype, k_dtype = q.dtype, k.dtype
-        q, k = q.to(sin.dtype), k.to(sin.dtype)
-        prefix = q.shape[-2] - sin.shape[-2]  # the cls token in the encoder, none in the decoder
-        q = torch.cat((q[:, :, :prefix], rope_apply(q[:, :, prefix:], sin, cos)), dim=-2)
-        k = torch.cat((k[:, :, :prefix], rope_apply(k[:, :, prefix:], sin, cos)), dim=-2)
+        with no_autocast(q.device.type):  # bf16 math whatever the autocast dtype (see vtp.layers.rope)
+            q, k = q.to(sin.dtype), k.to(sin.dtype)
+            prefix = q.shape[-2] - sin.shape[-2]  # the cls token in the encoder, none in the decoder
+            q = torch.cat((q[:, :, :prefix], rope_apply(q[:, :, prefix:], sin, cos)), dim=-2)
+            k = torch.cat((k[:, :, :prefix], rope_apply(k[:, :, prefix:], sin, cos)), dim=-2)
         return q.to(q_dtype), k.to(k_dtype)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

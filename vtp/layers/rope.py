@@ -3,8 +3,13 @@
 Every step runs in bfloat16 with a rounding after each elementary op, exactly as the original: the
 periods buffer is bf16 (and stored so in the checkpoint), coordinates are bf16, and attention casts the
 whole q and k to bf16 for the rotation. Do not "improve" this to fp32: parity depends on it (spec trap 1).
+
+The tables and the rotation run with autocast switched off. Under bf16 autocast that changes nothing (every
+operand is already bf16); under fp16 autocast it is needed at all: `torch.stack`/`torch.cat` of bf16
+tensors there raise "Unexpected floating ScalarType in at::autocast::prioritize" (the original fails so).
 """
 
+import contextlib
 import math
 from typing import Tuple
 
@@ -34,6 +39,10 @@ class RopePositionEmbedding(nn.Module):
         self.register_buffer("periods", rope_periods(self.head_dim, base, dtype), persistent=True)
 
     def forward(self, *, H: int, W: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        with no_autocast(self.periods.device.type):
+            return self._tables(H, W)
+
+    def _tables(self, H: int, W: int) -> Tuple[torch.Tensor, torch.Tensor]:
         dd = {"device": self.periods.device, "dtype": self.dtype}
         # normalize_coords="separate": each axis is divided by its own length
         coords_h = torch.arange(0.5, H, **dd) / H
@@ -48,6 +57,13 @@ class RopePositionEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, base={self.base}, dtype={self.dtype}"
+
+
+def no_autocast(device_type: str):
+    """Autocast off for this device type (a no-op context when autocast is not active)."""
+    if device_type == "meta" or not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
 
 
 def rope_rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,414 @@
+"""Accuracy of a candidate (device, fusions, precision) against the CPU fp32 reference, plus timing.
+
+Every task runs on the candidate and on the reference (the unfused model, CPU, fp32) with the same
+inputs: a small batch of images (the sample image plus deterministic synthetic ones) and the prompts.
+Every output tensor is compared (verify.metrics) and judged against verify/thresholds.yaml
+(verify.verdict). The fused model is also run on the CPU in fp32 so that each tensor's error is split
+into the part due to the fusions (CPU fused vs reference) and the part due to the device and precision
+(candidate vs CPU fused).
+
+Outputs, both written atomically: OUT/accuracy_summary.json (schema vtp-accuracy-summary/1) and
+OUT/log.txt (appended, one header per run). Exit 0: PASS; 1: verification FAILED; 2: environment or
+usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python verify/accuracy_eval.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ascend.npu import prepare_environment  # noqa: E402  (imports neither torch nor torch_npu)
+
+SCHEMA = "vtp-accuracy-summary/1"
+TASKS = {
+    "reconstruction": ("latents", "reconstructed_image"),
+    "clip": ("clip_image_features", "clip_text_features", "clip_probs"),
+    "ssl": ("ssl_cls", "ssl_patch_tokens"),
+}
+PROBABILITIES = {"clip_probs"}
+EXIT_PASS, EXIT_FAIL, EXIT_ENV = 0, 1, 2
+
+logger = logging.getLogger("verify.accuracy_eval")
+
+
+class UsageError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def make_inputs(weights, batch: int, size: int, prompts):
+    """(images (batch, 3, size, size), image descriptions, token ids (P, 77))."""
+    import torch
+
+    from ascend.runtime import default_image
+    from vtp.image import make_synthetic_batch, preprocess
+    from vtp.tokenizers import get_tokenizer
+
+    pil, source = default_image(weights, size=size)
+    images = [preprocess(pil, size=size)]
+    described = [source]
+    if batch > 1:
+        images.append(make_synthetic_batch(batch - 1, size=size, seed=1))
+        described += [f"synthetic image seed {1 + i}" for i in range(batch - 1)]
+    return torch.cat(images), described, get_tokenizer()(list(prompts))
+
+
+# --------------------------------------------------------------------------------------------- tasks
+def parse_fault(spec: str):
+    """"MODULE=FACTOR" (multiply the module's output) or "MODULE=nan" (one NaN in its output)."""
+    if "=" not in spec:
+        raise UsageError(f"--inject-fault {spec!r}: expected MODULE=FACTOR or MODULE=nan, "
+                         "e.g. trunk.blocks.0=1.02")
+    name, value = spec.rsplit("=", 1)
+    if value.lower() == "nan":
+        return name, "nan"
+    try:
+        return name, float(value)
+    except ValueError:
+        raise UsageError(f"--inject-fault {spec!r}: {value!r} is neither a number nor 'nan'") from None
+
+
+def inject_fault(model, spec: str):
+    """Register a forward hook that perturbs one module's output (harness self-test)."""
+    name, fault = parse_fault(spec)
+    modules = dict(model.named_modules())
+    if name not in modules:
+        close = [n for n in modules if n.startswith(name.rsplit(".", 1)[0])][:8]
+        raise UsageError(f"--inject-fault: no module named {name!r} in the model (e.g. {', '.join(close)})")
+
+    def hook(module, args, output):
+        if fault == "nan":
+            output = output.clone()
+            output.view(-1)[0] = float("nan")
+            return output
+        return output * fault
+
+    modules[name].register_forward_hook(hook)
+    logger.warning("injected fault on the candidate: %s -> %s", name, fault)
+    return {"module": name, "fault": fault}
+
+
+def run_tasks(model, images, text, device, precision: str) -> dict:
+    """All outputs of the three tasks, as CPU fp32 tensors."""
+    import torch
+
+    from ascend.device import autocast
+
+    images, text = images.to(device), text.to(device)
+    with torch.no_grad(), autocast(device, precision):
+        latents = model.get_reconstruction_latents(images)
+        recon = model.get_latents_decoded_images(latents)
+        img_f = model.get_clip_image_feature(images)
+        txt_f = model.get_clip_text_feature(text)
+        probs = model.logits_from_features(img_f, txt_f).float().softmax(dim=-1)
+        ssl = model.get_last_layer_feature(images)
+    out = {"latents": latents, "reconstructed_image": recon, "clip_image_features": img_f,
+           "clip_text_features": txt_f, "clip_probs": probs, "ssl_cls": ssl["cls_token"],
+           "ssl_patch_tokens": ssl["patch_tokens"]}
+    return {k: v.detach().to("cpu", torch.float32) for k, v in out.items()}
+
+
+def timing_suite(model, images, text, device, precision: str, warmup: int, iters: int) -> dict:
+    import torch
+
+    from ascend.device import autocast, synchronize
+    from verify.timing import time_call
+
+    images, text = images.to(device), text.to(device)
+    with torch.no_grad():
+        latents = model.get_reconstruction_latents(images)
+
+    def clip():
+        f_i = model.get_clip_image_feature(images)
+        f_t = model.get_clip_text_feature(text)
+        return model.logits_from_features(f_i, f_t).softmax(dim=-1)
+
+    calls = {
+        "reconstruction_encode": lambda: model.get_reconstruction_latents(images),
+        "reconstruction_decode": lambda: model.get_latents_decoded_images(latents),
+        "clip_zero_shot": clip,
+        "ssl_features": lambda: model.get_last_layer_feature(images),
+    }
+    results = {}
+    with torch.no_grad(), autocast(device, precision):
+        for name, fn in calls.items():
+            results[name] = time_call(fn, lambda: synchronize(device), warmup=warmup, iters=iters)
+            r = results[name]
+            logger.info("timing %-22s first %8.1f ms  median %8.1f ms  p90 %8.1f ms  min %8.1f ms",
+                        name, r["first_call_ms"], r["median_ms"], r["p90_ms"], r["min_ms"])
+    return results
+
+
+# --------------------------------------------------------------------------------------------- verdicts
+def compare_all(candidate: dict, reference: dict, cpu_fused: dict, thresholds: dict, precision: str) -> dict:
+    from verify.metrics import compare_tensors, relative_l2_error
+    from verify.verdict import judge_task, overall_verdict
+
+    from verify.metrics import json_float
+
+    tasks = {}
+    for task, names in TASKS.items():
+        records = []
+        for name in names:
+            rec = compare_tensors(candidate[name], reference[name], name, probabilities=name in PROBABILITIES)
+            if candidate[name].shape == reference[name].shape == cpu_fused[name].shape:
+                rec["attribution"] = {
+                    "total_rel_l2": json_float(relative_l2_error(candidate[name], reference[name])),
+                    "fusions_rel_l2": json_float(relative_l2_error(cpu_fused[name], reference[name])),
+                    "device_and_precision_rel_l2": json_float(relative_l2_error(candidate[name], cpu_fused[name])),
+                }
+            records.append(rec)
+        verdict = judge_task(records, thresholds, precision=precision, task=task)
+        for rec, judged in zip(records, verdict["tensors"]):
+            judged["metrics"] = rec
+        tasks[task] = verdict
+    return {"tasks": tasks, "overall": overall_verdict(list(tasks.values()))}
+
+
+# --------------------------------------------------------------------------------------------- report
+def _num(x) -> str:
+    if isinstance(x, str):
+        return x
+    if x is None:
+        return "-"
+    return f"{x:.3g}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:.6f}".rstrip("0")
+
+
+def table_lines(result: dict) -> list:
+    head = f"{'task':15s} {'tensor':22s} {'rel_err':>10s} {'cosine':>10s} {'rel_l2':>10s} {'max_abs':>10s} " \
+           f"{'fusions':>10s} {'device':>10s}  verdict"
+    lines = [head, "-" * len(head)]
+    for task, verdict in result["tasks"].items():
+        for judged in verdict["tensors"]:
+            rec = judged["metrics"]
+            m = rec.get("metrics") or {}
+            att = rec.get("attribution") or {}
+            lines.append(f"{task:15s} {judged['name']:22s} {_num(m.get('relative_error_mean')):>10s} "
+                         f"{_num(m.get('cosine_similarity')):>10s} {_num(m.get('relative_l2_error')):>10s} "
+                         f"{_num((m.get('max_abs_error') or {}).get('value')):>10s} "
+                         f"{_num(att.get('fusions_rel_l2')):>10s} {_num(att.get('device_and_precision_rel_l2')):>10s}"
+                         f"  {judged['verdict']}")
+    lines.append(f"overall: {result['overall']['verdict']}")
+    for reason in result["overall"]["reasons"]:
+        lines.append(f"  {reason}")
+    return lines
+
+
+def write_outputs(out: Path, summary: dict, lines: list) -> None:
+    from vtp.io_utils import atomic_append_text, atomic_write_json
+
+    atomic_write_json(out / "accuracy_summary.json", summary)
+    header = f"===== verify/accuracy_eval {summary['created']} =====\n"
+    atomic_append_text(out / "log.txt", header + "\n".join(lines) + "\n\n")
+
+
+# --------------------------------------------------------------------------------------------- main
+def evaluate(args) -> tuple:
+    """Run everything; returns (summary dict, console lines)."""
+    import torch
+
+    from ascend.device import ascend_options, resolve_device, set_strict_fp32, restore_fp32_state
+    from ascend.environment import environment_report
+    from ascend.fusion import apply_fusions, parse_fusion_spec
+    from ascend.runtime import DEFAULT_PROMPTS, load_weights, prepare_candidate
+    from verify.timing import cold_process_load
+    from verify.verdict import load_thresholds, select_thresholds
+
+    t_start = time.perf_counter()
+    device = resolve_device(args.device)
+    thresholds = load_thresholds(args.thresholds)
+    parse_fusion_spec(args.fusion)  # usage errors before any heavy work
+    prompts = tuple(args.prompts) if args.prompts else DEFAULT_PROMPTS
+    if not prompts:
+        raise UsageError("--prompts: empty prompt list")
+
+    t = time.perf_counter()
+    reference, identity = load_weights(args.weights, require=args.require_weights)
+    load_s = time.perf_counter() - t
+    options = ascend_options(device, allow_internal_format=args.allow_internal_format)
+    strict_state = set_strict_fp32(device, True) if args.precision == "fp32" else None
+    try:
+        t = time.perf_counter()
+        candidate, fusion_report = prepare_candidate(reference, device, fusion=args.fusion,
+                                                     record_path=args.out / "fusion_result.json")
+        prepare_s = time.perf_counter() - t
+        fault = inject_fault(candidate, args.inject_fault) if args.inject_fault else None
+
+        images, image_sources, text = make_inputs(args.weights, args.batch, args.size, prompts)
+        t_compute = time.perf_counter()
+        cand_out = run_tasks(candidate, images, text, device, args.precision)
+        ref_out = run_tasks(reference, images, text, torch.device("cpu"), "fp32")
+        same_as_candidate = device.type == "cpu" and args.precision == "fp32" and not fault
+        if same_as_candidate:  # the candidate *is* the CPU fp32 fused model
+            fused_out = cand_out
+        else:
+            cpu_fused = copy.deepcopy(reference)
+            apply_fusions(cpu_fused, fusion=args.fusion, device=torch.device("cpu"))
+            fused_out = run_tasks(cpu_fused, images, text, torch.device("cpu"), "fp32")
+            del cpu_fused
+        compute_s = time.perf_counter() - t_compute
+        result = compare_all(cand_out, ref_out, fused_out, thresholds, args.precision)
+
+        timings = {"load_in_process_s": load_s, "prepare_candidate_s": prepare_s}
+        if not args.no_timing:
+            timings["batch"], timings["size"] = args.timing_batch, args.size
+            timings["tasks"] = timing_suite(candidate, images[:args.timing_batch], text, device, args.precision,
+                                            args.warmup, args.iters)
+            if identity["kind"] == "checkpoint" and not args.quick:
+                timings["load_cold_process"] = cold_process_load(identity["path"])
+            else:
+                timings["load_cold_process"] = None
+                timings["load_cold_process_note"] = ("skipped: synthetic weights" if identity["kind"] == "synthetic"
+                                                     else "skipped: --quick")
+    finally:
+        if strict_state is not None:
+            restore_fp32_state(strict_state)
+    from ascend.device import peak_memory_bytes
+
+    timings["accuracy_compute_s"] = compute_s
+    timings["peak_memory_bytes"] = peak_memory_bytes(device)
+    timings["total_s"] = time.perf_counter() - t_start
+
+    on_cpu = device.type == "cpu"
+    summary = {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "environment": environment_report(device),
+        "candidate": {
+            "device": str(device), "precision": args.precision, "fusion": args.fusion,
+            "fusion_rules": _fusion_summary(fusion_report), "strict_fp32": args.precision == "fp32",
+            "ascend_options": options, "injected_fault": fault,
+            "note": ("no accelerator: the candidate is the CPU with the fusions and the chosen precision, so this "
+                     "run checks the fusion layer and the precision, not a device") if on_cpu else None,
+        },
+        "reference": {"device": "cpu", "precision": "fp32", "fusion": "none"},
+        "weights": identity,
+        "synthetic_weights": identity["kind"] == "synthetic",
+        "inputs": {"images": image_sources, "batch": args.batch, "size": args.size, "prompts": list(prompts)},
+        "thresholds": {"file": str(args.thresholds or "verify/thresholds.yaml"), "schema": thresholds["schema"],
+                       "version": thresholds["version"], "precision": args.precision,
+                       "values": select_thresholds(thresholds, args.precision)},
+        "attribution_note": ("fusions_rel_l2: CPU fp32 fused vs reference; device_and_precision_rel_l2: candidate "
+                             "vs CPU fp32 fused" + (" (identical runs here: 0 by construction)"
+                                                    if same_as_candidate else "")),
+        "tasks": result["tasks"],
+        "timings": timings,
+        "verdict": result["overall"]["verdict"],
+        "overall": result["overall"],
+    }
+    lines = [f"candidate {device} {args.precision} fusion={args.fusion}; reference cpu fp32 unfused; weights "
+             f"{identity.get('path') or identity.get('source')}"]
+    if on_cpu:
+        lines.append("NOTE: " + summary["candidate"]["note"])
+    if summary["synthetic_weights"]:
+        lines.append("NOTE: SYNTHETIC weights (no checkpoint): numbers measure the computation, not the model")
+    lines += table_lines(result)
+    if not args.no_timing:
+        lines.append(f"timing (batch {args.timing_batch}, {args.size}x{args.size}, {args.warmup} warm-up + "
+                     f"{args.iters} timed):")
+        for name, r in timings["tasks"].items():
+            lines.append(f"  {name:22s} first {r['first_call_ms']:9.1f} ms  median {r['median_ms']:9.1f} ms  "
+                         f"p90 {r['p90_ms']:9.1f} ms  min {r['min_ms']:9.1f} ms")
+        lines.append(f"  load (in process)      {load_s * 1e3:9.1f} ms; candidate preparation {prepare_s * 1e3:.1f} ms")
+        if timings.get("load_cold_process"):
+            c = timings["load_cold_process"]
+            lines.append(f"  load (cold process)    {c['load_s'] * 1e3:9.1f} ms after import torch "
+                         f"({c['import_torch_s'] * 1e3:.0f} ms)")
+    lines.append(f"VERDICT: {summary['verdict']}")
+    return summary, lines
+
+
+def _fusion_summary(report) -> dict:
+    to_dict = getattr(report, "to_dict", None)
+    data = to_dict() if callable(to_dict) else report
+    rules = data.get("rules", []) if isinstance(data, dict) else []
+    return {r.get("name"): {"count": r.get("count"), "kernel": r.get("kernel")} for r in rules
+            if isinstance(r, dict) and r.get("enabled", True)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python verify/accuracy_eval.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python verify/accuracy_eval.py --device npu:0 --weights weights/VTP-Small-f16d64\n"
+               "  python verify/accuracy_eval.py --device cpu --precision bf16 --quick --out verify_out/bf16\n"
+               "exit status: 0 PASS, 1 verification FAILED, 2 environment or usage error")
+    p.add_argument("--device", default="auto", help="auto (NPU > CUDA > CPU), npu[:N], cuda[:N] or cpu")
+    p.add_argument("--weights", type=Path, help="checkpoint folder (default weights/VTP-Small-f16d64, else "
+                                                "synthetic VTP-Small with a notice)")
+    p.add_argument("--require-weights", action="store_true", help="fail (exit 2) instead of using synthetic weights")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--fusion", default="all", help="all, none, a comma list (gelu,layernorm,...) or a YAML file")
+    p.add_argument("--thresholds", type=Path, help="thresholds YAML (default verify/thresholds.yaml)")
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for accuracy_summary.json and log.txt")
+    p.add_argument("--batch", type=int, default=4, help="images compared: the sample plus synthetic ones (default 4)")
+    p.add_argument("--size", type=int, default=256, help="image resolution (default 256)")
+    p.add_argument("--prompts", nargs="+", help="prompts (default: a diagram, a dog, a cat, a person)")
+    p.add_argument("--iters", type=int, default=10, help="timed iterations per task (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up iterations after the first call (default 2)")
+    p.add_argument("--timing-batch", type=int, default=1, help="batch size for timing (default 1)")
+    p.add_argument("--quick", action="store_true", help="2 images, 3 timed iterations, no cold-process load")
+    p.add_argument("--no-timing", action="store_true", help="accuracy only")
+    p.add_argument("--allow-internal-format", action="store_true",
+                   help="NPU: allow private formats such as NZ (default off: fewer precision surprises)")
+    p.add_argument("--inject-fault", metavar="MODULE=FACTOR|MODULE=nan",
+                   help="harness self-test: perturb one module's output on the candidate (e.g. trunk.blocks.0=1.02)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.quick:
+        args.batch, args.iters, args.warmup = min(args.batch, 2), min(args.iters, 3), min(args.warmup, 1)
+    for name in ("batch", "size", "iters", "timing_batch"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return EXIT_ENV
+    if args.warmup < 0:
+        print("error: --warmup must be >= 0", file=sys.stderr)
+        return EXIT_ENV
+    args.timing_batch = min(args.timing_batch, args.batch)
+    prepare_environment()
+    from ascend.device import DeviceError
+    from ascend.runtime import WeightsMissing
+    from verify.verdict import ThresholdsError
+    from vtp.checkpoint import CheckpointError
+    from vtp.config import ConfigError
+    from vtp.image import ImageError
+
+    env_errors = (DeviceError, WeightsMissing, ThresholdsError, CheckpointError, ConfigError, ImageError,
+                  UsageError, FileNotFoundError)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        summary, lines = evaluate(args)
+    except env_errors as e:
+        logger.error("%s: %s", type(e).__name__, e)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ENV
+    except ValueError as e:  # e.g. an unknown fusion rule name
+        logger.error("%s: %s", type(e).__name__, e)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ENV
+    write_outputs(args.out, summary, lines)
+    print("\n".join(lines))
+    print(f"outputs: {args.out / 'accuracy_summary.json'}, {args.out / 'log.txt'}")
+    return EXIT_PASS if summary["verdict"] == "PASS" else EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
