@@ -89,7 +89,7 @@ def inject_fault(model, spec: str):
     def hook(module, args, output):
         if fault == "nan":
             output = output.clone()
-            output.view(-1)[0] = float("nan")
+            output[(0,) * output.dim()] = float("nan")  # exactly one NaN, at the first element
             return output
         return output * fault
 
@@ -151,10 +151,8 @@ def timing_suite(model, images, text, device, precision: str, warmup: int, iters
 
 # --------------------------------------------------------------------------------------------- verdicts
 def compare_all(candidate: dict, reference: dict, cpu_fused: dict, thresholds: dict, precision: str) -> dict:
-    from verify.metrics import compare_tensors, relative_l2_error
+    from verify.metrics import compare_tensors, json_float, relative_l2_error
     from verify.verdict import judge_task, overall_verdict
-
-    from verify.metrics import json_float
 
     tasks = {}
     for task, names in TASKS.items():
@@ -176,12 +174,12 @@ def compare_all(candidate: dict, reference: dict, cpu_fused: dict, thresholds: d
 
 
 # --------------------------------------------------------------------------------------------- report
-def _num(x) -> str:
-    if isinstance(x, str):
-        return x
-    if x is None:
-        return "-"
-    return f"{x:.3g}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:.6f}".rstrip("0")
+def _num(x, cosine: bool = False) -> str:
+    if isinstance(x, str) or x is None:
+        return x or "-"
+    if cosine:  # enough digits to see which side of 0.9999 it falls
+        return f"{x:.7f}"
+    return f"{x:.3g}"
 
 
 def table_lines(result: dict) -> list:
@@ -194,7 +192,7 @@ def table_lines(result: dict) -> list:
             m = rec.get("metrics") or {}
             att = rec.get("attribution") or {}
             lines.append(f"{task:15s} {judged['name']:22s} {_num(m.get('relative_error_mean')):>10s} "
-                         f"{_num(m.get('cosine_similarity')):>10s} {_num(m.get('relative_l2_error')):>10s} "
+                         f"{_num(m.get('cosine_similarity'), cosine=True):>10s} {_num(m.get('relative_l2_error')):>10s} "
                          f"{_num((m.get('max_abs_error') or {}).get('value')):>10s} "
                          f"{_num(att.get('fusions_rel_l2')):>10s} {_num(att.get('device_and_precision_rel_l2')):>10s}"
                          f"  {judged['verdict']}")
@@ -217,7 +215,7 @@ def evaluate(args) -> tuple:
     """Run everything; returns (summary dict, console lines)."""
     import torch
 
-    from ascend.device import ascend_options, resolve_device, set_strict_fp32, restore_fp32_state
+    from ascend.device import ascend_options, peak_memory_bytes, resolve_device, restore_fp32_state, set_strict_fp32
     from ascend.environment import environment_report
     from ascend.fusion import apply_fusions, parse_fusion_spec
     from ascend.runtime import DEFAULT_PROMPTS, load_weights, prepare_candidate
@@ -226,6 +224,8 @@ def evaluate(args) -> tuple:
 
     t_start = time.perf_counter()
     device = resolve_device(args.device)
+    if args.inject_fault:
+        parse_fault(args.inject_fault)  # usage errors before any heavy work
     thresholds = load_thresholds(args.thresholds)
     parse_fusion_spec(args.fusion)  # usage errors before any heavy work
     prompts = tuple(args.prompts) if args.prompts else DEFAULT_PROMPTS
@@ -273,8 +273,6 @@ def evaluate(args) -> tuple:
     finally:
         if strict_state is not None:
             restore_fp32_state(strict_state)
-    from ascend.device import peak_memory_bytes
-
     timings["accuracy_compute_s"] = compute_s
     timings["peak_memory_bytes"] = peak_memory_bytes(device)
     timings["total_s"] = time.perf_counter() - t_start

@@ -1,0 +1,349 @@
+"""VTP demo on the detected device: image reconstruction, CLIP zero-shot and SSL features.
+
+    python ascend/inference.py
+    python ascend/inference.py --weights weights/VTP-Small-f16d64 --image photo.jpg --device npu:0 --precision bf16
+
+Three tasks run on the candidate model (the checkpoint with the fusion rules applied, on the device):
+
+1. reconstruction: the image, squashed to 256 x 256, is encoded to latents (64 channels, 16 x 16 for the
+   f16d64 models) and decoded; the result is written to ``<out>/reconstructed.png`` and compared with the
+   preprocessed input (PSNR in dB and SSIM, both on [0, 1] pixels);
+2. CLIP zero-shot: softmax over ``exp(logit_scale) * cos(image, prompt)`` for each prompt, sorted;
+3. SSL features: shapes and L2 norms of the CLS token and of the patch tokens.
+
+Every line goes to the terminal (stderr) and is appended to the log file (``--log``, default ./log.txt).
+Exit status: 0 the three tasks ran and every output is finite; 1 a task failed or produced NaN/Inf;
+2 usage or environment error (unreadable image, missing weights folder, unusable device or precision).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":
+    # `python ascend/inference.py` puts ascend/ itself first on sys.path, where device.py, npu.py, ...
+    # would shadow any top-level module of the same name; the package is imported from the repo root.
+    if sys.path and Path(sys.path[0] or ".").resolve() == _REPO / "ascend":
+        del sys.path[0]
+    if importlib.util.find_spec("vtp") is None or importlib.util.find_spec("ascend") is None:
+        sys.path.insert(0, str(_REPO))  # works without `pip install -e .`
+
+from ascend.npu import prepare_environment  # noqa: E402  (imports neither torch nor torch_npu)
+
+logger = logging.getLogger("ascend.inference")
+
+EXIT_OK, EXIT_FAILED, EXIT_ENV = 0, 1, 2
+IMAGE_SIZE = 256
+RECONSTRUCTION_NAME = "reconstructed.png"
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+
+
+class UsageError(ValueError):
+    """A bad option value found after parsing (an empty prompt list, an unusable log path)."""
+
+
+class TaskFailed(RuntimeError):
+    """A task ran but its output cannot be trusted (NaN or Inf)."""
+
+
+# ------------------------------------------------------------------------------------------ options
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python ascend/inference.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  python ascend/inference.py\n"
+            "  python ascend/inference.py --weights weights/VTP-Small-f16d64 --image dog.png \\\n"
+            "      --device npu:0 --precision bf16 --prompts 'a dog,a cat' --out output --log log.txt\n"
+            "\n"
+            "defaults: weights/VTP-Small-f16d64 when present, else synthetic VTP-Small weights (with a NOTICE);\n"
+            "the checkpoint's figures/dog.png when present, else a generated sample image.\n"
+            "exit status: 0 success, 1 a task failed or gave NaN/Inf, 2 usage or environment error"
+        ),
+    )
+    parser.add_argument("--weights", type=Path, metavar="DIR",
+                        help="checkpoint folder (config.json + model.safetensors); default weights/VTP-Small-f16d64 "
+                             "when present, else synthetic weights")
+    parser.add_argument("--image", type=Path, metavar="PATH",
+                        help="input image (any format PIL reads); default the checkpoint's figures/dog.png, "
+                             "else a generated sample image")
+    parser.add_argument("--device", default="auto",
+                        help="auto (NPU > CUDA > CPU), npu, npu:N, cuda, cuda:N or cpu (default auto)")
+    parser.add_argument("--prompts", action="append", metavar="TEXT[,TEXT...]",
+                        help="CLIP prompts, comma-separated and/or repeated "
+                             "(default: 'a diagram,a dog,a cat,a person')")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                        help="fp32 (strict: no TF32/HF32), or fp16/bf16 autocast (default fp32)")
+    parser.add_argument("--fusion", default="all",
+                        help="fused-operator rules: all, none, a comma list (gelu,layernorm,...) or a YAML file "
+                             "(default all)")
+    parser.add_argument("--out", type=Path, default=Path("output"), metavar="DIR",
+                        help=f"folder for {RECONSTRUCTION_NAME} (default output/)")
+    parser.add_argument("--log", type=Path, default=Path("log.txt"), metavar="PATH",
+                        help="log file, appended (default ./log.txt)")
+    parser.add_argument("--require-weights", action="store_true",
+                        help="exit 2 instead of falling back to synthetic weights")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def parse_prompts(values) -> list:
+    """``["a dog,a cat", "a bird"]`` -> ``["a dog", "a cat", "a bird"]``; None -> the default prompts."""
+    from ascend.runtime import DEFAULT_PROMPTS
+
+    if not values:
+        return list(DEFAULT_PROMPTS)
+    prompts = [p.strip() for value in values for p in value.split(",") if p.strip()]
+    if not prompts:
+        raise UsageError(f"--prompts {values!r}: no prompt left after splitting on commas")
+    return prompts
+
+
+def setup_logging(log_path: Path, verbose: bool) -> None:
+    """Terminal (stderr) and log file, one format; the file is appended to."""
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--log {log_path}: cannot open the log file for appending ({exc})") from None
+    terminal = logging.StreamHandler(sys.stderr)
+    for handler in (terminal, file_handler):
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [terminal, file_handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def _check_finite(name: str, tensor) -> None:
+    import torch
+
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise TaskFailed(f"{name}: {bad} of {tensor.numel()} values are NaN or Inf (shape {tuple(tensor.shape)})")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def run_reconstruction(model, image, device, precision_context, out_dir: Path) -> dict:
+    """Encode -> decode -> PNG, PSNR and SSIM against the preprocessed input ([0, 1] pixels)."""
+    import torch
+
+    from ascend.device import timed
+    from vtp.image import denormalize, psnr, save_png, ssim
+
+    logger.info("== task 1/3: reconstruction ==")
+    x = image.to(device)
+    with torch.no_grad(), precision_context():
+        with timed(device) as t_enc:
+            latents = model.get_reconstruction_latents(x)
+        with timed(device) as t_dec:
+            decoded = model.get_latents_decoded_images(latents)
+    latents = latents.float().cpu()
+    decoded = decoded.float().cpu()
+    _check_finite("latents", latents)
+    _check_finite("reconstructed image", decoded)
+    logger.info("latents: shape %s, mean %.4f, std %.4f", tuple(latents.shape), latents.mean(), latents.std())
+    path = save_png(decoded, out_dir / RECONSTRUCTION_NAME)
+    target01 = denormalize(image.float()).clamp(0.0, 1.0)
+    decoded01 = denormalize(decoded).clamp(0.0, 1.0)
+    value_psnr = float(psnr(decoded01, target01))
+    value_ssim = float(ssim(decoded01, target01))
+    logger.info("reconstructed image: %dx%d, written to %s", decoded.shape[-1], decoded.shape[-2], path)
+    logger.info("PSNR: %.2f dB (vs the preprocessed input, [0, 1] pixels)", value_psnr)
+    logger.info("SSIM: %.4f (Gaussian window 11, sigma 1.5)", value_ssim)
+    logger.info("time: encode %s, decode %s, total %s", _ms(t_enc.seconds), _ms(t_dec.seconds),
+                _ms(t_enc.seconds + t_dec.seconds))
+    return {"path": str(path), "psnr_db": value_psnr, "ssim": value_ssim, "latents_shape": list(latents.shape),
+            "encode_ms": t_enc.ms, "decode_ms": t_dec.ms}
+
+
+def run_clip(model, image, prompts: list, device, precision_context) -> dict:
+    """Zero-shot probabilities: softmax over the CLIP logits of the image against every prompt."""
+    import torch
+
+    from ascend.device import timed
+    from vtp.tokenizers import get_tokenizer
+
+    logger.info("== task 2/3: CLIP zero-shot ==")
+    tokens = get_tokenizer(context_length=model.config.text_context_length)(prompts).to(device)
+    x = image.to(device)
+    with torch.no_grad(), precision_context():
+        with timed(device) as t_clip:
+            logits, _ = model.get_clip_logits(x, tokens)
+            probs = logits.float().softmax(dim=-1)
+    logits, probs = logits.float().cpu()[0], probs.cpu()[0]
+    _check_finite("CLIP logits", logits)
+    scale = float(model.logit_scale.detach().float().exp().cpu().reshape(-1)[0])
+    logger.info("logit scale exp(logit_scale) = %.2f; %d prompts", scale, len(prompts))
+    ranked = sorted(zip(prompts, probs.tolist(), logits.tolist()), key=lambda item: -item[1])
+    for prompt, prob, logit in ranked:
+        logger.info("  p=%.6f  (%6.2f %%, logit %8.3f)  %r", prob, 100.0 * prob, logit, prompt)
+    logger.info("top-1: %r with probability %.4f (probabilities sum to %.6f)", ranked[0][0], ranked[0][1],
+                float(probs.sum()))
+    logger.info("time: %s (image and text towers, logits and softmax)", _ms(t_clip.seconds))
+    return {"probabilities": {p: prob for p, prob, _ in ranked}, "top1": ranked[0][0], "ms": t_clip.ms}
+
+
+def run_ssl(model, image, device, precision_context) -> dict:
+    """Last-layer SSL features of the vision trunk: CLS token and patch tokens."""
+    import torch
+
+    from ascend.device import timed
+
+    logger.info("== task 3/3: SSL features ==")
+    x = image.to(device)
+    with torch.no_grad(), precision_context():
+        with timed(device) as t_ssl:
+            features = model.get_last_layer_feature(x)
+    cls = features["cls_token"].float().cpu()
+    patches = features["patch_tokens"].float().cpu()
+    _check_finite("CLS token", cls)
+    _check_finite("patch tokens", patches)
+    cls_norm = float(cls.norm(dim=-1).mean())
+    patch_norms = patches.norm(dim=-1)  # (B, N)
+    logger.info("CLS token: shape %s, L2 norm %.4f", tuple(cls.shape), cls_norm)
+    logger.info("patch tokens: shape %s, L2 norm per token mean %.4f (min %.4f, max %.4f)", tuple(patches.shape),
+                float(patch_norms.mean()), float(patch_norms.min()), float(patch_norms.max()))
+    logger.info("time: %s", _ms(t_ssl.seconds))
+    return {"cls_shape": list(cls.shape), "patch_shape": list(patches.shape), "cls_norm": cls_norm,
+            "patch_norm_mean": float(patch_norms.mean()), "ms": t_ssl.ms}
+
+
+# ------------------------------------------------------------------------------------------ main
+def prepare(args) -> dict:
+    """Everything before the tasks: options, device, image, weights, fused candidate, precision.
+
+    Any error here is a usage or environment error (exit 2)."""
+    import torch
+
+    from ascend.device import ascend_options, autocast, resolve_device, strict_fp32
+    from ascend.fusion import parse_fusion_spec
+    from ascend.runtime import default_image, load_weights, prepare_candidate
+    from vtp.image import load_image, preprocess
+
+    prompts = parse_prompts(args.prompts)
+    parse_fusion_spec(args.fusion)  # a bad spec is a usage error, found before any heavy work
+    device = resolve_device(args.device)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot create the output folder ({exc})") from None
+    logger.info("device: %s; precision: %s; fusion: %s; torch %s", device, args.precision, args.fusion,
+                torch.__version__)
+    if args.weights is not None and not args.weights.is_dir():
+        raise FileNotFoundError(f"weights folder not found: {args.weights} (--weights must be a checkpoint folder "
+                                "with config.json and model.safetensors)")
+
+    if args.image is not None:
+        pil, image_source = load_image(args.image), str(args.image)
+    else:
+        pil, image_source = default_image(args.weights, size=IMAGE_SIZE)
+    image = preprocess(pil, size=IMAGE_SIZE, mode="resize")
+    logger.info("image: %s (%dx%d) -> %s after resize to %dx%d", image_source, pil.width, pil.height,
+                tuple(image.shape), IMAGE_SIZE, IMAGE_SIZE)
+
+    t = time.perf_counter()
+    model, identity = load_weights(args.weights, require=args.require_weights)
+    logger.info("weights: %s (%s), loaded in %s", identity.get("path") or identity.get("source"), identity["kind"],
+                _ms(time.perf_counter() - t))
+    options = ascend_options(device)
+    if options.get("applied"):
+        logger.info("ascend options: %s", options)
+    t = time.perf_counter()
+    model, report = prepare_candidate(model, device, fusion=args.fusion, copy_model=False)
+    for line in report.summary().splitlines():
+        logger.info("%s", line)
+    logger.info("model ready on %s in %s", device, _ms(time.perf_counter() - t))
+
+    if args.precision == "fp32":
+        def precision_context():
+            return strict_fp32(device)
+    else:
+        with autocast(device, args.precision):  # refuses an unsupported precision (DeviceError) before any task
+            pass
+
+        def precision_context():
+            return autocast(device, args.precision)
+
+    return {"device": device, "image": image, "prompts": prompts, "model": model, "identity": identity,
+            "precision_context": precision_context}
+
+
+def run_tasks(args, ready: dict) -> dict:
+    """The three tasks; a task that crashes or gives NaN/Inf is a failure (exit 1)."""
+    model, image, device, context = ready["model"], ready["image"], ready["device"], ready["precision_context"]
+    logger.info("timings below: one call per task, device synchronised, first call included (on NPU it pays "
+                "operator compilation); steady-state latency: verify/accuracy_eval.py")
+    results = {}
+    if model.config.train_reconstruction:
+        results["reconstruction"] = run_reconstruction(model, image, device, context, args.out)
+    else:
+        logger.info("== task 1/3: reconstruction: skipped (this checkpoint has no pixel decoder) ==")
+    if model.config.train_clip:
+        results["clip"] = run_clip(model, image, ready["prompts"], device, context)
+    else:
+        logger.info("== task 2/3: CLIP zero-shot: skipped (this checkpoint has no text tower) ==")
+    results["ssl"] = run_ssl(model, image, device, context)
+
+    if ready["identity"]["kind"] == "synthetic":
+        logger.warning("NOTICE: the weights were SYNTHETIC: the image, probabilities and features above are not "
+                       "meaningful; pass --weights DIR for real outputs")
+    model_ms = sum(v for task in results.values() for k, v in task.items() if k.endswith("ms"))
+    logger.info("done: %d task(s) on %s, %.1f ms of model time", len(results), device, model_ms)
+    if "reconstruction" in results:
+        logger.info("reconstruction written to %s", results["reconstruction"]["path"])
+    return results
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        setup_logging(args.log, args.verbose)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ENV
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    logger.info("===== ascend/inference.py %s: %s =====", started, " ".join(sys.argv[1:]) or "(defaults)")
+    prepare_environment()  # before the first `import torch`
+
+    from ascend.device import DeviceError
+    from ascend.runtime import WeightsMissing
+    from vtp.checkpoint import CheckpointError
+    from vtp.config import ConfigError
+    from vtp.image import ImageError
+    from vtp.weights import WeightsError
+
+    # ValueError: an unknown fusion rule or a malformed fusion YAML (ascend.fusion.parse_fusion_spec)
+    environment_errors = (UsageError, DeviceError, WeightsMissing, CheckpointError, ConfigError, ImageError,
+                          WeightsError, FileNotFoundError, ValueError)
+    try:
+        ready = prepare(args)
+    except environment_errors as exc:
+        logger.error("error: %s", exc)
+        return EXIT_ENV
+    try:
+        run_tasks(args, ready)
+    except TaskFailed as exc:
+        logger.error("FAILED: %s", exc)
+        return EXIT_FAILED
+    except Exception:
+        logger.exception("FAILED: a task crashed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The accuracy harness end to end (in process) on a tiny checkpoint: verdicts follow the data."""
+
+import json
+
+import pytest
+
+from conftest import tiny_config
+from verify import accuracy_eval
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from vtp import VTPModel
+
+    folder = tmp_path_factory.mktemp("tiny_ckpt")
+    VTPModel.synthetic(tiny_config(), seed=0).save_pretrained(folder)
+    return folder
+
+
+def run(tmp_path, tiny_ckpt, *extra, timing=False):
+    out = tmp_path / "out"
+    argv = ["--device", "cpu", "--weights", str(tiny_ckpt), "--batch", "2", "--size", "64", "--out", str(out),
+            *extra]
+    if not timing:
+        argv.append("--no-timing")
+    code = accuracy_eval.main(argv)
+    summary = json.loads((out / "accuracy_summary.json").read_text()) if (out / "accuracy_summary.json").exists() \
+        else None
+    return code, summary
+
+
+def verdicts(summary):
+    return {t: {x["name"]: x["verdict"] for x in v["tensors"]} for t, v in summary["tasks"].items()}
+
+
+def test_unfused_fp32_is_identical_and_passes(tmp_path, tiny_ckpt):
+    code, s = run(tmp_path, tiny_ckpt, "--fusion", "none")
+    assert code == 0 and s["verdict"] == "PASS"
+    for task in s["tasks"].values():
+        for t in task["tensors"]:
+            m = t["metrics"]["metrics"]
+            assert m["relative_l2_error"] == 0 and m["max_abs_error"]["value"] == 0, t["name"]
+    assert s["schema"] == "vtp-accuracy-summary/1" and s["weights"]["kind"] == "checkpoint"
+    assert s["weights"]["sha256"] and "no accelerator" in s["candidate"]["note"]
+    assert s["thresholds"]["values"]["max_rel_err"] == 0.01
+
+
+def test_fused_fp32_passes_with_attribution(tmp_path, tiny_ckpt):
+    code, s = run(tmp_path, tiny_ckpt, "--fusion", "all")
+    assert code == 0, s["overall"]["reasons"]
+    text = next(t for t in s["tasks"]["clip"]["tensors"] if t["name"] == "clip_text_features")
+    att = text["metrics"]["attribution"]
+    assert 0 < att["fusions_rel_l2"] < 1e-3  # the tanh GELU of the text MLP
+    assert att["device_and_precision_rel_l2"] == 0
+
+
+@pytest.mark.parametrize("module,failing,must_fail", [
+    ("pixel_decoder.blocks.0.mlp", {"reconstruction"}, {"reconstructed_image"}),
+    ("text_transformer.resblocks.0.mlp", {"clip"}, {"clip_text_features"}),
+    # inside the block: a 2 % scale of a whole block's output would be undone by the final RMSNorm
+    ("trunk.blocks.1.mlp", {"reconstruction", "clip", "ssl"},
+     {"latents", "clip_image_features", "ssl_cls"}),
+])
+def test_two_percent_in_one_block_fails_exactly_the_tasks_it_feeds(tmp_path, tiny_ckpt, module, failing, must_fail):
+    code, s = run(tmp_path, tiny_ckpt, "--fusion", "none", "--inject-fault", f"{module}=1.02")
+    assert code == 1 and s["verdict"] == "FAIL"
+    assert set(s["overall"]["failed_tasks"]) == failing
+    failed_tensors = {n for tensors in verdicts(s).values() for n, v in tensors.items() if v == "FAIL"}
+    assert must_fail <= failed_tensors
+    # tensors the perturbed block does not feed are untouched, bit for bit
+    for task in set(s["tasks"]) - failing:
+        for t in s["tasks"][task]["tensors"]:
+            assert t["metrics"]["metrics"]["max_abs_error"]["value"] == 0
+    # the attribution puts the error on the candidate's side, not on the fusions
+    for t in s["tasks"][next(iter(failing))]["tensors"]:
+        if t["verdict"] == "FAIL":
+            assert t["metrics"]["attribution"]["fusions_rel_l2"] == 0
+
+
+def test_single_nan_fails(tmp_path, tiny_ckpt):
+    code, s = run(tmp_path, tiny_ckpt, "--fusion", "none", "--inject-fault", "pixel_decoder.pixel_shuffle=nan")
+    assert code == 1
+    rec = next(t for t in s["tasks"]["reconstruction"]["tensors"] if t["name"] == "reconstructed_image")
+    assert rec["verdict"] == "FAIL" and rec["metrics"]["candidate"]["nonfinite"]["nan"] == 1
+    assert any("NaN" in r or "nan" in r for r in rec["reasons"])
+    assert verdicts(s)["ssl"] == {"ssl_cls": "PASS", "ssl_patch_tokens": "PASS"}
+
+
+def test_threshold_file_takes_effect(tmp_path, tiny_ckpt):
+    from omegaconf import OmegaConf
+
+    from verify.verdict import DEFAULT_THRESHOLDS_PATH
+
+    fault = ["--fusion", "none", "--inject-fault", "trunk.blocks.1.mlp=1.0005"]
+    code, s = run(tmp_path, tiny_ckpt, *fault)
+    assert code == 0, s["overall"]["reasons"]  # 0.05 % passes the shipped 1 % gate
+    strict = OmegaConf.load(DEFAULT_THRESHOLDS_PATH)
+    strict.precisions.fp32.max_rel_err = 1e-5
+    path = tmp_path / "strict.yaml"
+    OmegaConf.save(strict, path)
+    code, s = run(tmp_path, tiny_ckpt, *fault, "--thresholds", str(path))
+    assert code == 1 and s["thresholds"]["values"]["max_rel_err"] == 1e-5
+    assert any("max_rel_err" in r for r in s["overall"]["reasons"])
+
+
+def test_log_appends_one_header_per_run_and_timing(tmp_path, tiny_ckpt):
+    run(tmp_path, tiny_ckpt, "--fusion", "none")
+    code, s = run(tmp_path, tiny_ckpt, "--fusion", "none", "--iters", "2", "--warmup", "0", timing=True)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert log.count("===== verify/accuracy_eval") == 2 and "VERDICT: PASS" in log
+    t = s["timings"]["tasks"]
+    assert set(t) == {"reconstruction_encode", "reconstruction_decode", "clip_zero_shot", "ssl_features"}
+    assert all(v["n"] == 2 and v["min_ms"] <= v["median_ms"] <= v["p90_ms"] for v in t.values())
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--device", "gpu"], "device"),
+    (["--inject-fault", "trunk.blocks.0"], "MODULE=FACTOR"),
+    (["--inject-fault", "trunk.nope=2"], "no module named"),
+    (["--fusion", "bogus"], "bogus"),
+    (["--batch", "0"], "--batch"),
+])
+def test_usage_errors_exit_2(tmp_path, tiny_ckpt, capsys, args, words):
+    code, s = run(tmp_path, tiny_ckpt, *args)
+    assert code == 2 and s is None
+    assert words in capsys.readouterr().err
+
+
+def test_missing_weights(tmp_path, tiny_ckpt, capsys, monkeypatch):
+    code, _ = run(tmp_path, tmp_path / "nowhere")
+    assert code == 2 and "not found" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert accuracy_eval.main(["--device", "cpu", "--require-weights", "--out", str(tmp_path / "o")]) == 2
+    assert "--require-weights" in capsys.readouterr().err
