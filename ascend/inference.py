@@ -43,6 +43,7 @@ logger = logging.getLogger("ascend.inference")
 EXIT_OK, EXIT_FAILED, EXIT_ENV = 0, 1, 2
 IMAGE_SIZE = 256
 RECONSTRUCTION_NAME = "reconstructed.png"
+TASKS = ("reconstruction", "clip", "ssl")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 
 
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fusion", default="all",
                         help="fused-operator rules: all, none, a comma list (gelu,layernorm,...) or a YAML file "
                              "(default all)")
+    parser.add_argument("--tasks", type=parse_tasks, default=TASKS, metavar="TASK[,TASK...]",
+                        help=f"which tasks to run, a comma list of {', '.join(TASKS)} (default all three)")
     parser.add_argument("--out", type=Path, default=Path("output"), metavar="DIR",
                         help=f"folder for {RECONSTRUCTION_NAME} (default output/)")
     parser.add_argument("--log", type=Path, default=Path("log.txt"), metavar="PATH",
@@ -95,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit 2 instead of falling back to synthetic weights")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def parse_tasks(text: str) -> tuple:
+    """``"clip,ssl"`` -> ``("clip", "ssl")`` in the canonical order; argparse reports a bad name (exit 2)."""
+    names = {t.strip().lower() for t in text.split(",") if t.strip()}
+    unknown = sorted(names - set(TASKS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: tasks are {', '.join(TASKS)} (comma-separated)")
+    return tuple(t for t in TASKS if t in names)
 
 
 def parse_prompts(values) -> list:
@@ -288,15 +300,22 @@ def run_tasks(args, ready: dict) -> dict:
     logger.info("timings below: one call per task, device synchronised, first call included (on NPU it pays "
                 "operator compilation); steady-state latency: verify/accuracy_eval.py")
     results = {}
-    if model.config.train_reconstruction:
-        results["reconstruction"] = run_reconstruction(model, image, device, context, args.out)
-    else:
+    if "reconstruction" not in args.tasks:
+        logger.info("== task 1/3: reconstruction: skipped (--tasks) ==")
+    elif not model.config.train_reconstruction:
         logger.info("== task 1/3: reconstruction: skipped (this checkpoint has no pixel decoder) ==")
-    if model.config.train_clip:
-        results["clip"] = run_clip(model, image, ready["prompts"], device, context)
     else:
+        results["reconstruction"] = run_reconstruction(model, image, device, context, args.out)
+    if "clip" not in args.tasks:
+        logger.info("== task 2/3: CLIP zero-shot: skipped (--tasks) ==")
+    elif not model.config.train_clip:
         logger.info("== task 2/3: CLIP zero-shot: skipped (this checkpoint has no text tower) ==")
-    results["ssl"] = run_ssl(model, image, device, context)
+    else:
+        results["clip"] = run_clip(model, image, ready["prompts"], device, context)
+    if "ssl" not in args.tasks:
+        logger.info("== task 3/3: SSL features: skipped (--tasks) ==")
+    else:
+        results["ssl"] = run_ssl(model, image, device, context)
 
     if ready["identity"]["kind"] == "synthetic":
         logger.warning("NOTICE: the weights were SYNTHETIC: the image, probabilities and features above are not "

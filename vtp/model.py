@@ -124,14 +124,17 @@ class VTPModel(nn.Module):
         model.to_empty(device="cpu")
         model.reset_buffers()
         g = torch.Generator().manual_seed(seed)
-        model.init_weights(generator=g)
-        with torch.no_grad():
+        with torch.no_grad():  # one normal_ per tensor: several times faster than the truncated-normal init
             for pname, p in model.named_parameters():
                 leaf = pname.rsplit(".", 1)[-1]
-                if leaf == "bias" or leaf == "gamma":
-                    p.normal_(0, 0.02, generator=g)
+                if pname == "logit_scale":
+                    p.fill_(config.init_logit_scale or math.log(1 / 0.07))
+                elif pname == "text_projection":
+                    p.normal_(0, config.text_embed_dim ** -0.5, generator=g)
                 elif p.dim() == 1 and leaf == "weight":  # norm gains
-                    p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+                    p.normal_(1.0, 0.1, generator=g)
+                else:  # matrices, embeddings, biases, LayerScale gammas, cls/mask tokens, logit bias
+                    p.normal_(0, 0.02, generator=g)
         model.weights_source = f"synthetic:{name}:seed={seed}"
         logger.warning("using SYNTHETIC random weights (%s, seed %d): outputs are not meaningful", name, seed)
         return model

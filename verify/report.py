@@ -1,0 +1,144 @@
+"""Print the verdict table of a verification run from its accuracy_summary.json.
+
+    python -m verify.report verify_out/20250101-120000
+    python -m verify.report verify_out/ci/accuracy_summary.json
+
+Reads the summary written by ``verify/accuracy_eval.py`` (schema ``vtp-accuracy-summary/1``): the
+candidate and the weights, one row per compared tensor (task, tensor, relative error, cosine, relative
+L2, verdict), the reasons of every failure, the timings, and the overall verdict. Only the
+``verify.verdict`` output shapes (``judge_task`` / ``overall_verdict``) and the ``verify.metrics``
+record (``vtp-compare/1``) are relied on; a field that is missing prints as ``-``.
+
+Exit status: 0 the summary says PASS; 1 it says FAIL; 2 it is missing, unreadable or of another schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+SUMMARY_NAME = "accuracy_summary.json"
+SCHEMA_PREFIX = "vtp-accuracy-summary/"
+EXIT_PASS, EXIT_FAIL, EXIT_ENV = 0, 1, 2
+
+
+class SummaryError(ValueError):
+    """The summary file is missing, not JSON, or not an accuracy summary."""
+
+
+def load_summary(path: Path) -> dict:
+    """The summary at ``path`` (a file, or a run folder holding accuracy_summary.json)."""
+    file = path / SUMMARY_NAME if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SummaryError(f"{file}: no accuracy summary here (did verify/accuracy_eval.py run?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SummaryError(f"{file}: not a readable JSON file ({exc})") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
+        raise SummaryError(f"{file}: schema {schema!r}, expected {SCHEMA_PREFIX}N: not an accuracy summary")
+    return data
+
+
+def _num(value) -> str:
+    """A metric for the table: ``-`` when absent, the JSON strings "nan"/"inf" as they are."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    if abs(value) < 1e-3 or abs(value) >= 1e4:
+        return f"{value:.3g}"
+    return f"{value:.7f}".rstrip("0").rstrip(".")  # a cosine of 0.9999981 keeps its 9s
+
+
+def _ms(value) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _metrics(judged: dict) -> dict:
+    """The vtp-compare/1 metrics of one judged tensor (accuracy_eval stores the record under "metrics")."""
+    record = judged.get("metrics") if isinstance(judged.get("metrics"), dict) else {}
+    inner = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
+    return inner
+
+
+def verdict_of(summary: dict) -> str:
+    overall = summary.get("overall") if isinstance(summary.get("overall"), dict) else {}
+    return str(overall.get("verdict") or summary.get("verdict") or "UNKNOWN")
+
+
+def report_lines(summary: dict, source: str = "") -> list:
+    candidate = summary.get("candidate") or {}
+    weights = summary.get("weights") or {}
+    lines = [f"VTP verification report{f' ({source})' if source else ''}, created {summary.get('created', '?')}"]
+    lines.append(f"candidate: {candidate.get('device', '?')} {candidate.get('precision', '?')} "
+                 f"fusion={candidate.get('fusion', '?')}; reference: cpu fp32 unfused")
+    if weights.get("kind") == "checkpoint":
+        sha = str(weights.get("sha256") or "?")[:16]
+        lines.append(f"weights: {weights.get('path')} (sha256 {sha}..., "
+                     f"{'manifest-verified' if weights.get('manifest') else 'no manifest'})")
+    else:
+        lines.append(f"weights: SYNTHETIC ({weights.get('source') or weights.get('preset') or '?'}): the numbers "
+                     "measure the computation, not the published model")
+    if candidate.get("injected_fault"):
+        lines.append(f"injected fault (harness self-test): {candidate['injected_fault']}")
+
+    head = f"{'task':15s} {'tensor':22s} {'rel_err':>10s} {'cosine':>10s} {'rel_l2':>10s}  verdict"
+    lines += [head, "-" * len(head)]
+    tasks = summary.get("tasks") or {}
+    for task, verdict in tasks.items():
+        for judged in (verdict or {}).get("tensors") or []:
+            m = _metrics(judged)
+            lines.append(f"{task:15s} {str(judged.get('name', '?')):22s} {_num(m.get('relative_error_mean')):>10s} "
+                         f"{_num(m.get('cosine_similarity')):>10s} {_num(m.get('relative_l2_error')):>10s}  "
+                         f"{judged.get('verdict', '?')}")
+    if not tasks:
+        lines.append("(no task was compared)")
+
+    timing = (summary.get("timings") or {}).get("tasks") or {}
+    if timing:
+        lines.append("timing, median over the timed iterations (first call in brackets):")
+        for name, t in timing.items():
+            lines.append(f"  {name:22s} {_ms(t.get('median_ms')):>10s} ms  ({_ms(t.get('first_call_ms'))} ms)")
+
+    overall = summary.get("overall") if isinstance(summary.get("overall"), dict) else {}
+    for reason in overall.get("reasons") or []:
+        lines.append(f"  reason: {reason}")
+    lines.append(f"VERDICT: {verdict_of(summary)}")
+    return lines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m verify.report", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=("examples:\n"
+                "  python -m verify.report verify_out/ci\n"
+                "  python -m verify.report verify_out/ci/accuracy_summary.json\n"
+                "exit status: 0 PASS, 1 FAIL, 2 no readable summary"))
+    parser.add_argument("summary", type=Path, help=f"a run folder (holding {SUMMARY_NAME}) or the file itself")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = load_summary(args.summary)
+    except SummaryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ENV
+    print("\n".join(report_lines(summary, str(args.summary))))
+    verdict = verdict_of(summary)
+    return EXIT_PASS if verdict == "PASS" else EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
