@@ -26,6 +26,7 @@ options:
   --out DIR            where every output goes (default verify_out/<timestamp>):
                          log.txt, console.txt, env.json, output/reconstructed.png,
                          accuracy_summary.json, fusion_result.json
+                       (a reused folder: earlier results are removed, log.txt and console.txt appended)
   --inject-fault SPEC  harness self-test: perturb one module's output on the candidate only, MODULE=FACTOR or
                        MODULE=nan (e.g. trunk.blocks.0=1.02); a sound harness must then FAIL (exit 1)
   -h, --help           show this help
@@ -124,6 +125,9 @@ if [[ -z "$OUT" ]]; then
     [[ ! -e "$OUT" ]] || OUT="$OUT-$$"
 fi
 mkdir -p "$OUT" || { printf 'run_verify.sh: cannot create the output folder %s\n' "$OUT" >&2; exit 2; }
+# A reused --out folder: results of an earlier run must not pass for this run's (log.txt and console.txt
+# are appended to, one header per run).
+rm -f "$OUT/env.json" "$OUT/accuracy_summary.json" "$OUT/fusion_result.json" "$OUT/output/reconstructed.png"
 LOG="$OUT/log.txt"
 CONSOLE="$OUT/console.txt"
 

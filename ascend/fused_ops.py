@@ -13,7 +13,7 @@ attention, ``attention_kernel`` / ``rope_kernel``): a name starting with ``"torc
 that torch reaches by itself) means ``forward`` runs the original torch math. ``forward`` never looks
 at the tensor's device, which is what lets the tests drive the NPU code path with CPU tensors and
 the stand-in torch_npu of ``tests/npu_standin.py``. A few per-call limits that depend on the input
-(dtype pairs, batch·heads for RoPE) are checked in ``forward``; outside them the module runs the
+(dtype pairs, batch and head counts for RoPE) are checked in ``forward``; outside them the module runs the
 torch math for that call.
 
 torch_npu itself is obtained through :func:`ascend.npu.import_torch_npu` on each fused call (cached),
@@ -34,6 +34,7 @@ from torch import nn
 from vtp.layers.attention import SelfAttention
 from vtp.layers.ffn import SwiGLUFFN
 from vtp.layers.norm import RMSNorm
+from vtp.layers.rope import no_autocast
 from vtp.text import LayerNorm as TextLayerNorm
 from vtp.text import QuickGELU
 
@@ -243,15 +244,17 @@ class AscendSelfAttention(SelfAttention):
     ``attention_kernel`` (rule ``attention``; None = rule off): ``"torch_npu.npu_fusion_attention"``
     makes :meth:`attention` call ``npu_fusion_attention(q, k, v, num_heads, "BNSD",
     scale=1/√head_dim, keep_prob=1.0)[0]`` on contiguous q/k/v with no mask (facts §1.7: the scale
-    default is 1.0, so it is always passed). Any other value keeps ``F.scaled_dot_product_attention``,
+    default is 1.0, so it is always passed). Under autocast q/k/v are first cast to the autocast dtype,
+    as autocast does for SDPA (the raw op is not autocast and needs one dtype; with qk_norm, q and k
+    come out of RMSNorm in fp32 while v is bf16). Any other value keeps ``F.scaled_dot_product_attention``,
     which on SoC ≥ 910B1 reaches the same FlashAttention kernel by itself (facts §1.8). Exact on CPU;
     FlashAttention's blocked softmax differs from SDPA-math by ~1e-6 relative in fp32.
 
     ``rope_kernel`` (rule ``rope``; None = rule off): ``"torch_npu.npu_rotary_mul"`` makes
     :meth:`apply_rope` call ``npu_rotary_mul(x, cos, sin, rotary_mode="half")`` on the non-prefix
     tokens of q and k in BNSD with cos/sin broadcast as [1, 1, S, head_dim] (facts §1.6). As in the
-    original, q and k are cast to the tables' dtype (bf16) first and back afterwards, so the inputs are
-    identical. Rounding differs: the original rounds to bf16 after each of x·cos, rot(x)·sin and the
+    original, q and k are cast to the tables' dtype (bf16) first and back afterwards, with autocast off,
+    so the inputs are identical. Rounding differs: the original rounds to bf16 after each of x·cos, rot(x)·sin and the
     sum, the fused op rounds once, so rotated q/k may differ by about one bf16 ulp (2⁻⁸ relative). A
     call with batch or heads ≥ 1000 (outside the op's limits) runs the torch math. Exact on CPU.
     """
@@ -268,20 +271,25 @@ class AscendSelfAttention(SelfAttention):
             return super().apply_rope(q, k, rope)
         sin, cos = rope
         q_dtype, k_dtype = q.dtype, k.dtype
-        q, k = q.to(sin.dtype), k.to(sin.dtype)
-        prefix = q.shape[-2] - sin.shape[-2]  # the cls token in the encoder, none in the decoder
-        cos4, sin4 = cos[None, None], sin[None, None]  # [1, 1, S, head_dim]: BNSD with 11SD tables
-        rotary_mul = torch_npu_ops().npu_rotary_mul
-        q_rot = rotary_mul(q[:, :, prefix:].contiguous(), cos4, sin4, rotary_mode="half")
-        k_rot = rotary_mul(k[:, :, prefix:].contiguous(), cos4, sin4, rotary_mode="half")
-        if prefix:
-            q_rot = torch.cat((q[:, :, :prefix], q_rot), dim=-2)
-            k_rot = torch.cat((k[:, :, :prefix], k_rot), dim=-2)
+        with no_autocast(q.device.type):  # bf16 math whatever the autocast dtype, as the original
+            q, k = q.to(sin.dtype), k.to(sin.dtype)
+            prefix = q.shape[-2] - sin.shape[-2]  # the cls token in the encoder, none in the decoder
+            cos4, sin4 = cos[None, None], sin[None, None]  # [1, 1, S, head_dim]: BNSD with 11SD tables
+            rotary_mul = torch_npu_ops().npu_rotary_mul
+            q_rot = rotary_mul(q[:, :, prefix:].contiguous(), cos4, sin4, rotary_mode="half")
+            k_rot = rotary_mul(k[:, :, prefix:].contiguous(), cos4, sin4, rotary_mode="half")
+            if prefix:
+                q_rot = torch.cat((q[:, :, :prefix], q_rot), dim=-2)
+                k_rot = torch.cat((k[:, :, :prefix], k_rot), dim=-2)
         return q_rot.to(q_dtype), k_rot.to(k_dtype)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if not calls_npu_op(self.attention_kernel):
             return super().attention(q, k, v)
+        device_type = q.device.type
+        if torch.is_autocast_enabled(device_type):  # SDPA is autocast to the low dtype; the raw op is not
+            low = torch.get_autocast_dtype(device_type)
+            q, k, v = q.to(low), k.to(low), v.to(low)
         out = torch_npu_ops().npu_fusion_attention(
             q.contiguous(), k.contiguous(), v.contiguous(), self.num_heads, "BNSD",
             scale=self.head_dim ** -0.5, keep_prob=1.0,

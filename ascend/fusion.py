@@ -344,7 +344,8 @@ def _attention_kernel(target: Target, module: nn.Module) -> KernelChoice:
     if target.soc >= _npu.SOC_910B1 and target.family != "950":
         if head_dim > 512:
             return (f"fallback: {sdpa} (math path)",
-                    f"{target.where}: head_dim {head_dim} > 512, SDPA does not dispatch to FlashAttention (facts §1.8)")
+                    f"{target.where}: head_dim {head_dim} > 512, SDPA does not dispatch to FlashAttention "
+                    "(facts §1.8)")
         if target.dtype == torch.float32 and head_dim % 4:
             return (f"fallback: {sdpa} (math path)",
                     f"{target.where}: fp32 with head_dim {head_dim} not a multiple of 4 takes SDPA's math path")
@@ -364,7 +365,8 @@ def _rope_kernel(target: Target, module: nn.Module) -> KernelChoice:
     head_dim = module.head_dim
     if target.family in ("A2", "A3"):
         if head_dim % 2 or head_dim >= 896:
-            return f"fallback: {torch_op}", f"{target.where}: npu_rotary_mul needs an even head_dim < 896, got {head_dim}"
+            return (f"fallback: {torch_op}",
+                    f"{target.where}: npu_rotary_mul needs an even head_dim < 896, got {head_dim}")
         return ("torch_npu.npu_rotary_mul",
                 f"{target.where}: rotary_mode 'half' on BNSD non-prefix tokens with cos/sin as [1, 1, S, {head_dim}] "
                 "(facts §1.6); rounds once where the original rounds to bf16 after each op")
@@ -401,7 +403,7 @@ def _quick_gelu_kernel(target: Target, module: nn.Module) -> KernelChoice:
 
 def _pixel_shuffle_kernel(target: Target, module: nn.Module) -> KernelChoice:
     if not target.is_npu:
-        return f"fallback: F.pixel_shuffle", f"device is {target.device}: no torch_npu warning to filter"
+        return "fallback: F.pixel_shuffle", f"device is {target.device}: no torch_npu warning to filter"
     return ("composite pixel_shuffle (view, permute, contiguous copy)",
             "torch 2.13 has no NPU kernel for aten::pixel_shuffle (facts §7); the copy may warn 'current tensor is "
             "running as_strided', which is filtered around this call only and noted once in the log")
@@ -886,7 +888,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--check", metavar="FILE", help="compare the regenerated record with FILE")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     dtype = {v: k for k, v in _DTYPE_NAMES.items()}[args.dtype]
     try:
         if args.simulate_soc is None and _npu.soc_version() is None:

@@ -11,6 +11,9 @@ Three tasks run on the candidate model (the checkpoint with the fusion rules app
 2. CLIP zero-shot: softmax over ``exp(logit_scale) * cos(image, prompt)`` for each prompt, sorted;
 3. SSL features: shapes and L2 norms of the CLS token and of the patch tokens.
 
+``--tasks`` runs a subset. Each task is timed once, device synchronised, first call included;
+``verify/accuracy_eval.py`` measures steady-state latency.
+
 Every line goes to the terminal (stderr) and is appended to the log file (``--log``, default ./log.txt).
 Exit status: 0 the three tasks ran and every output is finite; 1 a task failed or produced NaN/Inf;
 2 usage or environment error (unreadable image, missing weights folder, unusable device or precision).
@@ -22,7 +25,6 @@ import argparse
 import datetime
 import importlib.util
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -353,6 +355,9 @@ def main(argv=None) -> int:
     except environment_errors as exc:
         logger.error("error: %s", exc)
         return EXIT_ENV
+    except Exception:
+        logger.exception("FAILED: preparing the model crashed")
+        return EXIT_FAILED
     try:
         run_tasks(args, ready)
     except TaskFailed as exc:

@@ -80,15 +80,25 @@ class NpuStandin:
         for op in ("npu_rms_norm", "npu_swiglu", "npu_fusion_attention", "npu_rotary_mul", "npu_fast_gelu"):
             setattr(self.module, op, getattr(self, op))
         count, soc, name = self.device_count, self.soc, self.name
+        bf16 = soc >= npu_mod.SOC_910B1
+        amp_dtypes = [torch.float16, torch.bfloat16, torch.float32] if bf16 else [torch.float16, torch.float32]
         self.npu = types.SimpleNamespace(
             is_available=lambda: count > 0,
             device_count=lambda: count,
             current_device=lambda: 0,
             get_device_name=lambda index=None: name,
             get_soc_version=lambda: soc,
-            is_bf16_supported=lambda: soc >= npu_mod.SOC_910B1,
-            synchronize=lambda device=None: self.calls.append(Call("synchronize", {"device": device}, frozenset())),
-            utils=types.SimpleNamespace(get_soc_version=lambda: soc),
+            is_bf16_supported=lambda: bf16,
+            get_amp_supported_dtype=lambda: amp_dtypes,
+            synchronize=lambda device=None: self._log("synchronize", device=device),
+            max_memory_allocated=lambda device=None: 0,
+            reset_peak_memory_stats=lambda device=None: self._log("reset_peak_memory_stats", device=device),
+            set_option=lambda options: self._log("set_option", options=options),
+            set_compile_mode=lambda jit_compile: self._log("set_compile_mode", jit_compile=jit_compile),
+            matmul=types.SimpleNamespace(allow_hf32=False),  # torch_npu defaults (facts §2)
+            conv=types.SimpleNamespace(allow_hf32=True),
+            config=types.SimpleNamespace(allow_internal_format=soc < npu_mod.SOC_910B1),
+            utils=types.SimpleNamespace(get_soc_version=lambda: soc, get_cann_version=lambda module="CANN": "standin"),
         )
         self.module.npu = self.npu
 
@@ -100,6 +110,9 @@ class NpuStandin:
         return [c for c in self.calls if c.op == op]
 
     # -------------------------------------------------------------------------------- bookkeeping
+    def _log(self, op: str, **params) -> None:
+        self.calls.append(Call(op, params, frozenset(params)))
+
     def _record(self, op: str, signature, args, kwargs) -> Call:
         bound = signature.bind(*args, **kwargs)
         explicit = frozenset(bound.arguments)
@@ -335,11 +348,15 @@ def install(monkeypatch, soc: int = 223, name: str = "Ascend910B3", device_count
     """Put a stand-in into ``sys.modules["torch_npu"]``, ``torch.npu`` and ascend.npu's import cache.
 
     ``monkeypatch`` undoes the first two at teardown; the caller resets the cache (the fixtures do).
+    ``torch.device("npu")`` still does not parse (that needs torch's privateuse1 backend renamed, see
+    tests/test_device.py); the fusion layer takes device strings and never builds one.
     """
     standin = NpuStandin(soc=soc, name=name, device_count=device_count)
     monkeypatch.setitem(sys.modules, "torch_npu", standin.module)
     monkeypatch.setattr(torch, "npu", standin.npu, raising=False)
     npu_mod._reset_cache()
+    module, reason = npu_mod.import_torch_npu()  # caches the stand-in as "the" torch_npu
+    assert module is standin.module, reason
     return standin
 
 

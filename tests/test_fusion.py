@@ -305,6 +305,21 @@ def test_npu_path_calls_fused_ops_with_the_documented_contract(models, inputs, r
     assert len(fast) > 0 if c.text_quick_gelu else not fast
 
 
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("dtype, limit", [(torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
+def test_npu_path_under_autocast(models, inputs, npu_standin, config, dtype, limit):
+    """Mixed precision: q/k from qk_norm are fp32 while v is low precision; the raw attention op needs
+    one dtype (SDPA gets it from autocast), and the rotary op must run in the bf16 of the tables."""
+    model, _ = patched(models[config], "all,-gelu", device="npu")
+    with torch.autocast("cpu", dtype=dtype):
+        want = run_tasks(models[config], *inputs)
+        got = run_tasks(model, *inputs)
+    assert_close_rel(got, want, limit, f"NPU path with the stand-in under {dtype} autocast")
+    fa = npu_standin.calls_to("npu_fusion_attention")
+    assert fa and all(call["query"].dtype == call["value"].dtype == dtype for call in fa)
+    assert all(call["input"].dtype == torch.bfloat16 for call in npu_standin.calls_to("npu_rotary_mul"))
+
+
 def test_swapped_swiglu_halves_would_fail(models, inputs, references, npu_standin, monkeypatch):
     """The stand-in gates the first half: a [w2|w1] concatenation must break the parity checks."""
     model, _ = patched(models["default"], ["swiglu"], device="npu")

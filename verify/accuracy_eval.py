@@ -245,27 +245,35 @@ def evaluate(args) -> tuple:
         fault = inject_fault(candidate, args.inject_fault) if args.inject_fault else None
 
         images, image_sources, text = make_inputs(args.weights, args.batch, args.size, prompts)
-        t_compute = time.perf_counter()
+        compute_s = 0.0  # model computation; everything else in total_s is loading or the harness itself
+        t = time.perf_counter()
         cand_out = run_tasks(candidate, images, text, device, args.precision)
         ref_out = run_tasks(reference, images, text, torch.device("cpu"), "fp32")
+        compute_s += time.perf_counter() - t
         same_as_candidate = device.type == "cpu" and args.precision == "fp32" and not fault
         if same_as_candidate:  # the candidate *is* the CPU fp32 fused model
             fused_out = cand_out
         else:
+            t = time.perf_counter()
             cpu_fused = copy.deepcopy(reference)
             apply_fusions(cpu_fused, fusion=args.fusion, device=torch.device("cpu"))
+            prepare_s += time.perf_counter() - t
+            t = time.perf_counter()
             fused_out = run_tasks(cpu_fused, images, text, torch.device("cpu"), "fp32")
+            compute_s += time.perf_counter() - t
             del cpu_fused
-        compute_s = time.perf_counter() - t_compute
         result = compare_all(cand_out, ref_out, fused_out, thresholds, args.precision)
 
         timings = {"load_in_process_s": load_s, "prepare_candidate_s": prepare_s}
         if not args.no_timing:
             timings["batch"], timings["size"] = args.timing_batch, args.size
+            t = time.perf_counter()
             timings["tasks"] = timing_suite(candidate, images[:args.timing_batch], text, device, args.precision,
                                             args.warmup, args.iters)
+            compute_s += time.perf_counter() - t
             if identity["kind"] == "checkpoint" and not args.quick:
                 timings["load_cold_process"] = cold_process_load(identity["path"])
+                load_s += timings["load_cold_process"]["import_torch_s"] + timings["load_cold_process"]["load_s"]
             else:
                 timings["load_cold_process"] = None
                 timings["load_cold_process_note"] = ("skipped: synthetic weights" if identity["kind"] == "synthetic"
@@ -273,9 +281,15 @@ def evaluate(args) -> tuple:
     finally:
         if strict_state is not None:
             restore_fp32_state(strict_state)
-    timings["accuracy_compute_s"] = compute_s
     timings["peak_memory_bytes"] = peak_memory_bytes(device)
-    timings["total_s"] = time.perf_counter() - t_start
+    total_s = time.perf_counter() - t_start
+    overhead_s = total_s - compute_s - load_s - prepare_s
+    timings["harness"] = {
+        "total_s": total_s, "model_compute_s": compute_s, "loading_s": load_s, "preparation_s": prepare_s,
+        "overhead_s": overhead_s, "overhead_fraction_of_compute": overhead_s / compute_s if compute_s else None,
+        "note": "overhead = total - model compute (accuracy runs and timed calls) - loading - candidate "
+                "preparation: metrics, verdicts, inputs, environment report and output files",
+    }
 
     on_cpu = device.type == "cpu"
     summary = {
@@ -318,11 +332,16 @@ def evaluate(args) -> tuple:
         for name, r in timings["tasks"].items():
             lines.append(f"  {name:22s} first {r['first_call_ms']:9.1f} ms  median {r['median_ms']:9.1f} ms  "
                          f"p90 {r['p90_ms']:9.1f} ms  min {r['min_ms']:9.1f} ms")
-        lines.append(f"  load (in process)      {load_s * 1e3:9.1f} ms; candidate preparation {prepare_s * 1e3:.1f} ms")
+        lines.append(f"  load (in process)      {timings['load_in_process_s'] * 1e3:9.1f} ms; candidate preparation "
+                     f"{timings['prepare_candidate_s'] * 1e3:.1f} ms")
         if timings.get("load_cold_process"):
             c = timings["load_cold_process"]
             lines.append(f"  load (cold process)    {c['load_s'] * 1e3:9.1f} ms after import torch "
                          f"({c['import_torch_s'] * 1e3:.0f} ms)")
+    h = timings["harness"]
+    lines.append(f"harness: {h['total_s']:.1f} s in all, {h['model_compute_s']:.1f} s model compute, "
+                 f"{h['overhead_s']:.2f} s harness overhead ({100 * (h['overhead_fraction_of_compute'] or 0):.1f} % "
+                 "of compute)")
     lines.append(f"VERDICT: {summary['verdict']}")
     return summary, lines
 

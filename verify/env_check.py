@@ -163,6 +163,8 @@ def check_device(requested: str, report: Optional[dict]) -> Check:
     try:
         device = resolve_device(requested)
     except DeviceError as exc:
+        if str(exc).startswith("unknown device"):
+            return Check("device", ERROR, str(exc), "pass --device auto, cpu, npu, npu:N, cuda or cuda:N")
         return Check("device", ERROR, str(exc),
                      "check `npu-smi info` and ASCEND_RT_VISIBLE_DEVICES (NPU) or CUDA_VISIBLE_DEVICES (GPU), or "
                      "pass --device cpu")
