@@ -54,3 +54,13 @@ def tiny_model():
     from vtp import VTPModel
 
     return VTPModel.synthetic(tiny_config(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny synthetic checkpoint folder in the official layout (config.json + model.safetensors)."""
+    from vtp import VTPModel
+
+    folder = tmp_path_factory.mktemp("tiny_checkpoint")
+    VTPModel.synthetic(tiny_config(), seed=0).save_pretrained(folder)
+    return folder

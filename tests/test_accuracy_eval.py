@@ -4,22 +4,12 @@ import json
 
 import pytest
 
-from conftest import tiny_config
 from verify import accuracy_eval
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from vtp import VTPModel
-
-    folder = tmp_path_factory.mktemp("tiny_ckpt")
-    VTPModel.synthetic(tiny_config(), seed=0).save_pretrained(folder)
-    return folder
-
-
-def run(tmp_path, tiny_ckpt, *extra, timing=False):
+def run(tmp_path, tiny_checkpoint, *extra, timing=False):
     out = tmp_path / "out"
-    argv = ["--device", "cpu", "--weights", str(tiny_ckpt), "--batch", "2", "--size", "64", "--out", str(out),
+    argv = ["--device", "cpu", "--weights", str(tiny_checkpoint), "--batch", "2", "--size", "64", "--out", str(out),
             *extra]
     if not timing:
         argv.append("--no-timing")
@@ -33,8 +23,8 @@ def verdicts(summary):
     return {t: {x["name"]: x["verdict"] for x in v["tensors"]} for t, v in summary["tasks"].items()}
 
 
-def test_unfused_fp32_is_identical_and_passes(tmp_path, tiny_ckpt):
-    code, s = run(tmp_path, tiny_ckpt, "--fusion", "none")
+def test_unfused_fp32_is_identical_and_passes(tmp_path, tiny_checkpoint):
+    code, s = run(tmp_path, tiny_checkpoint, "--fusion", "none")
     assert code == 0 and s["verdict"] == "PASS"
     for task in s["tasks"].values():
         for t in task["tensors"]:
@@ -45,8 +35,8 @@ def test_unfused_fp32_is_identical_and_passes(tmp_path, tiny_ckpt):
     assert s["thresholds"]["values"]["max_rel_err"] == 0.01
 
 
-def test_fused_fp32_passes_with_attribution(tmp_path, tiny_ckpt):
-    code, s = run(tmp_path, tiny_ckpt, "--fusion", "all")
+def test_fused_fp32_passes_with_attribution(tmp_path, tiny_checkpoint):
+    code, s = run(tmp_path, tiny_checkpoint, "--fusion", "all")
     assert code == 0, s["overall"]["reasons"]
     text = next(t for t in s["tasks"]["clip"]["tensors"] if t["name"] == "clip_text_features")
     att = text["metrics"]["attribution"]
@@ -65,8 +55,8 @@ FED = {"pixel_decoder": {"reconstruction"}, "text_transformer": {"clip"},
     # of a 2 % change in one block), below the 1 % gate: reconstruction is fed and still passes
     ("trunk.blocks.0", {"clip", "ssl"}),
 ])
-def test_two_percent_in_one_block_fails_exactly_the_tasks_it_feeds(tmp_path, tiny_ckpt, module, failing):
-    code, s = run(tmp_path, tiny_ckpt, "--fusion", "none", "--inject-fault", f"{module}=1.02")
+def test_two_percent_in_one_block_fails_exactly_the_tasks_it_feeds(tmp_path, tiny_checkpoint, module, failing):
+    code, s = run(tmp_path, tiny_checkpoint, "--fusion", "none", "--inject-fault", f"{module}=1.02")
     assert code == 1 and s["verdict"] == "FAIL"
     assert set(s["overall"]["failed_tasks"]) == failing
     fed = FED[module.split(".")[0]]
@@ -81,8 +71,8 @@ def test_two_percent_in_one_block_fails_exactly_the_tasks_it_feeds(tmp_path, tin
                 assert t["metrics"]["attribution"]["fusions_rel_l2"] == 0
 
 
-def test_single_nan_fails(tmp_path, tiny_ckpt):
-    code, s = run(tmp_path, tiny_ckpt, "--fusion", "none", "--inject-fault", "pixel_decoder.pixel_shuffle=nan")
+def test_single_nan_fails(tmp_path, tiny_checkpoint):
+    code, s = run(tmp_path, tiny_checkpoint, "--fusion", "none", "--inject-fault", "pixel_decoder.pixel_shuffle=nan")
     assert code == 1
     rec = next(t for t in s["tasks"]["reconstruction"]["tensors"] if t["name"] == "reconstructed_image")
     assert rec["verdict"] == "FAIL" and rec["metrics"]["candidate"]["nonfinite"]["nan"] == 1
@@ -90,26 +80,26 @@ def test_single_nan_fails(tmp_path, tiny_ckpt):
     assert verdicts(s)["ssl"] == {"ssl_cls": "PASS", "ssl_patch_tokens": "PASS"}
 
 
-def test_threshold_file_takes_effect(tmp_path, tiny_ckpt):
+def test_threshold_file_takes_effect(tmp_path, tiny_checkpoint):
     from omegaconf import OmegaConf
 
     from verify.verdict import DEFAULT_THRESHOLDS_PATH
 
     fault = ["--fusion", "none", "--inject-fault", "trunk.blocks.1.mlp=1.0005"]
-    code, s = run(tmp_path, tiny_ckpt, *fault)
+    code, s = run(tmp_path, tiny_checkpoint, *fault)
     assert code == 0, s["overall"]["reasons"]  # 0.05 % passes the shipped 1 % gate
     strict = OmegaConf.load(DEFAULT_THRESHOLDS_PATH)
     strict.precisions.fp32.max_rel_err = 1e-5
     path = tmp_path / "strict.yaml"
     OmegaConf.save(strict, path)
-    code, s = run(tmp_path, tiny_ckpt, *fault, "--thresholds", str(path))
+    code, s = run(tmp_path, tiny_checkpoint, *fault, "--thresholds", str(path))
     assert code == 1 and s["thresholds"]["values"]["max_rel_err"] == 1e-5
     assert any("max_rel_err" in r for r in s["overall"]["reasons"])
 
 
-def test_log_appends_one_header_per_run_and_timing(tmp_path, tiny_ckpt):
-    run(tmp_path, tiny_ckpt, "--fusion", "none")
-    code, s = run(tmp_path, tiny_ckpt, "--fusion", "none", "--iters", "2", "--warmup", "0", timing=True)
+def test_log_appends_one_header_per_run_and_timing(tmp_path, tiny_checkpoint):
+    run(tmp_path, tiny_checkpoint, "--fusion", "none")
+    code, s = run(tmp_path, tiny_checkpoint, "--fusion", "none", "--iters", "2", "--warmup", "0", timing=True)
     log = (tmp_path / "out" / "log.txt").read_text()
     assert log.count("===== verify/accuracy_eval") == 2 and "VERDICT: PASS" in log
     t = s["timings"]["tasks"]
@@ -125,13 +115,13 @@ def test_log_appends_one_header_per_run_and_timing(tmp_path, tiny_ckpt):
     (["--fusion", "bogus"], "bogus"),
     (["--batch", "0"], "--batch"),
 ])
-def test_usage_errors_exit_2(tmp_path, tiny_ckpt, capsys, args, words):
-    code, s = run(tmp_path, tiny_ckpt, *args)
+def test_usage_errors_exit_2(tmp_path, tiny_checkpoint, capsys, args, words):
+    code, s = run(tmp_path, tiny_checkpoint, *args)
     assert code == 2 and s is None
     assert words in capsys.readouterr().err
 
 
-def test_missing_weights(tmp_path, tiny_ckpt, capsys, monkeypatch):
+def test_missing_weights(tmp_path, tiny_checkpoint, capsys, monkeypatch):
     code, _ = run(tmp_path, tmp_path / "nowhere")
     assert code == 2 and "not found" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)

@@ -11,20 +11,11 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import REPO, tiny_config
+from conftest import REPO
 
 SCRIPT = REPO / "ascend" / "inference.py"
 DEFAULT_PROMPTS = ("a diagram", "a dog", "a cat", "a person")
 PROMPT_LINE = re.compile(r"p=([0-9.]+) +\(.*\) +'(.*)'$", re.MULTILINE)
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    from vtp import VTPModel
-
-    folder = tmp_path_factory.mktemp("tiny_checkpoint")
-    VTPModel.synthetic(tiny_config(), seed=0).save_pretrained(folder)
-    return folder
 
 
 def run_demo(cwd, *args):

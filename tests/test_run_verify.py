@@ -8,18 +8,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, tiny_config
+from conftest import REPO
 
 SCRIPT = REPO / "run_verify.sh"
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    from vtp import VTPModel
-
-    folder = tmp_path_factory.mktemp("tiny_checkpoint")
-    VTPModel.synthetic(tiny_config(), seed=0).save_pretrained(folder)
-    return folder
 
 
 def run_verify(cwd, *args):

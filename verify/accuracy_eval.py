@@ -18,8 +18,6 @@ import argparse
 import copy
 import datetime
 import logging
-import math
-import os
 import sys
 import time
 from pathlib import Path

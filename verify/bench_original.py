@@ -52,7 +52,7 @@ PROMPTS = ["a diagram", "a dog", "a cat", "a person"]
 TOKENIZER_PROBES = PROMPTS + ["hello world", "123", "don't", "A  Photo&amp;of   a DOG!", "café naïve 東京",
                               "word " * 100]
 INSTALL_HINT = ("python -m venv --system-site-packages /tmp/origvenv && "
-                "/tmp/origvenv/bin/pip install 'transformers==4.57.1' omegaconf   "
+                "/tmp/origvenv/bin/pip install 'transformers==4.57.1'   "
                 "(do not install torch/torchvision into it; run this tool with /tmp/origvenv/bin/python)")
 
 

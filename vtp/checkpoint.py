@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .config import ConfigError, VTPConfig
+from .config import VTPConfig
 
 logger = logging.getLogger(__name__)
 
