@@ -171,35 +171,7 @@ def compare_all(candidate: dict, reference: dict, cpu_fused: dict, thresholds: d
     return {"tasks": tasks, "overall": overall_verdict(list(tasks.values()))}
 
 
-# --------------------------------------------------------------------------------------------- report
-def _num(x, cosine: bool = False) -> str:
-    if isinstance(x, str) or x is None:
-        return x or "-"
-    if cosine:  # enough digits to see which side of 0.9999 it falls
-        return f"{x:.7f}"
-    return f"{x:.3g}"
-
-
-def table_lines(result: dict) -> list:
-    head = f"{'task':15s} {'tensor':22s} {'rel_err':>10s} {'cosine':>10s} {'rel_l2':>10s} {'max_abs':>10s} " \
-           f"{'fusions':>10s} {'device':>10s}  verdict"
-    lines = [head, "-" * len(head)]
-    for task, verdict in result["tasks"].items():
-        for judged in verdict["tensors"]:
-            rec = judged["metrics"]
-            m = rec.get("metrics") or {}
-            att = rec.get("attribution") or {}
-            lines.append(f"{task:15s} {judged['name']:22s} {_num(m.get('relative_error_mean')):>10s} "
-                         f"{_num(m.get('cosine_similarity'), cosine=True):>10s} {_num(m.get('relative_l2_error')):>10s} "
-                         f"{_num((m.get('max_abs_error') or {}).get('value')):>10s} "
-                         f"{_num(att.get('fusions_rel_l2')):>10s} {_num(att.get('device_and_precision_rel_l2')):>10s}"
-                         f"  {judged['verdict']}")
-    lines.append(f"overall: {result['overall']['verdict']}")
-    for reason in result["overall"]["reasons"]:
-        lines.append(f"  {reason}")
-    return lines
-
-
+# --------------------------------------------------------------------------------------------- outputs
 def write_outputs(out: Path, summary: dict, lines: list) -> None:
     from vtp.io_utils import atomic_append_text, atomic_write_json
 
@@ -317,30 +289,9 @@ def evaluate(args) -> tuple:
         "verdict": result["overall"]["verdict"],
         "overall": result["overall"],
     }
-    lines = [f"candidate {device} {args.precision} fusion={args.fusion}; reference cpu fp32 unfused; weights "
-             f"{identity.get('path') or identity.get('source')}"]
-    if on_cpu:
-        lines.append("NOTE: " + summary["candidate"]["note"])
-    if summary["synthetic_weights"]:
-        lines.append("NOTE: SYNTHETIC weights (no checkpoint): numbers measure the computation, not the model")
-    lines += table_lines(result)
-    if not args.no_timing:
-        lines.append(f"timing (batch {args.timing_batch}, {args.size}x{args.size}, {args.warmup} warm-up + "
-                     f"{args.iters} timed):")
-        for name, r in timings["tasks"].items():
-            lines.append(f"  {name:22s} first {r['first_call_ms']:9.1f} ms  median {r['median_ms']:9.1f} ms  "
-                         f"p90 {r['p90_ms']:9.1f} ms  min {r['min_ms']:9.1f} ms")
-        lines.append(f"  load (in process)      {timings['load_in_process_s'] * 1e3:9.1f} ms; candidate preparation "
-                     f"{timings['prepare_candidate_s'] * 1e3:.1f} ms")
-        if timings.get("load_cold_process"):
-            c = timings["load_cold_process"]
-            lines.append(f"  load (cold process)    {c['load_s'] * 1e3:9.1f} ms after import torch "
-                         f"({c['import_torch_s'] * 1e3:.0f} ms)")
-    h = timings["harness"]
-    lines.append(f"harness: {h['total_s']:.1f} s in all, {h['model_compute_s']:.1f} s model compute, "
-                 f"{h['overhead_s']:.2f} s harness overhead ({100 * (h['overhead_fraction_of_compute'] or 0):.1f} % "
-                 "of compute)")
-    lines.append(f"VERDICT: {summary['verdict']}")
+    from verify.report import report_lines
+
+    lines = report_lines(summary)
     return summary, lines
 
 

@@ -115,8 +115,9 @@ def import_original(repo: Path) -> types.SimpleNamespace:
             f"`git clone https://github.com/MiniMax-AI/VTP {repo}`")
     try:
         import transformers
-        # imported before the torchvision stub: transformers probes importlib.util.find_spec("torchvision")
-        from transformers import PreTrainedModel  # noqa: F401
+        # resolve the lazy PreTrainedModel BEFORE the torchvision stub goes in: transformers probes
+        # importlib.util.find_spec("torchvision"), which fails on a stub module
+        transformers.PreTrainedModel
     except Exception as e:  # noqa: BLE001
         raise OriginalUnavailable(f"the original needs `transformers` ({type(e).__name__}: {e}). "
                                   f"Install it: {INSTALL_HINT}") from e

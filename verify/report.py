@@ -90,24 +90,45 @@ def report_lines(summary: dict, source: str = "") -> list:
                      "measure the computation, not the published model")
     if candidate.get("injected_fault"):
         lines.append(f"injected fault (harness self-test): {candidate['injected_fault']}")
+    if candidate.get("note"):
+        lines.append(f"NOTE: {candidate['note']}")
 
-    head = f"{'task':15s} {'tensor':22s} {'rel_err':>10s} {'cosine':>10s} {'rel_l2':>10s}  verdict"
+    # fusions / device: the attribution of the relative L2 error (CPU fused vs reference; candidate vs CPU fused)
+    head = (f"{'task':15s} {'tensor':22s} {'rel_err':>10s} {'cosine':>10s} {'rel_l2':>10s} {'max_abs':>10s} "
+            f"{'fusions':>10s} {'device':>10s}  verdict")
     lines += [head, "-" * len(head)]
     tasks = summary.get("tasks") or {}
     for task, verdict in tasks.items():
         for judged in (verdict or {}).get("tensors") or []:
             m = _metrics(judged)
+            record = judged.get("metrics") if isinstance(judged.get("metrics"), dict) else {}
+            att = record.get("attribution") if isinstance(record.get("attribution"), dict) else {}
+            worst = m.get("max_abs_error") if isinstance(m.get("max_abs_error"), dict) else {}
             lines.append(f"{task:15s} {str(judged.get('name', '?')):22s} {_num(m.get('relative_error_mean')):>10s} "
-                         f"{_num(m.get('cosine_similarity')):>10s} {_num(m.get('relative_l2_error')):>10s}  "
-                         f"{judged.get('verdict', '?')}")
+                         f"{_num(m.get('cosine_similarity')):>10s} {_num(m.get('relative_l2_error')):>10s} "
+                         f"{_num(worst.get('value')):>10s} {_num(att.get('fusions_rel_l2')):>10s} "
+                         f"{_num(att.get('device_and_precision_rel_l2')):>10s}  {judged.get('verdict', '?')}")
     if not tasks:
         lines.append("(no task was compared)")
 
-    timing = (summary.get("timings") or {}).get("tasks") or {}
+    timings = summary.get("timings") or {}
+    timing = timings.get("tasks") or {}
     if timing:
-        lines.append("timing, median over the timed iterations (first call in brackets):")
+        lines.append(f"timing (batch {timings.get('batch', '?')}, {timings.get('size', '?')} px):")
         for name, t in timing.items():
-            lines.append(f"  {name:22s} {_ms(t.get('median_ms')):>10s} ms  ({_ms(t.get('first_call_ms'))} ms)")
+            lines.append(f"  {name:22s} first {_ms(t.get('first_call_ms')):>9s} ms  median {_ms(t.get('median_ms')):>9s}"
+                         f" ms  p90 {_ms(t.get('p90_ms')):>9s} ms  min {_ms(t.get('min_ms')):>9s} ms  (n={t.get('n', '?')})")
+    if isinstance(timings.get("load_in_process_s"), (int, float)):
+        lines.append(f"  load in process        {timings['load_in_process_s'] * 1e3:9.1f} ms")
+    cold = timings.get("load_cold_process")
+    if isinstance(cold, dict):
+        lines.append(f"  load in a cold process {cold.get('load_s', 0) * 1e3:9.1f} ms after import torch "
+                     f"({cold.get('import_torch_s', 0) * 1e3:.0f} ms)")
+    harness = timings.get("harness")
+    if isinstance(harness, dict) and isinstance(harness.get("overhead_fraction_of_compute"), (int, float)):
+        lines.append(f"  harness: {harness['total_s']:.1f} s in all, {harness['model_compute_s']:.1f} s model "
+                     f"compute, {harness['overhead_s']:.2f} s overhead "
+                     f"({100 * harness['overhead_fraction_of_compute']:.1f} % of compute)")
 
     overall = summary.get("overall") if isinstance(summary.get("overall"), dict) else {}
     for reason in overall.get("reasons") or []:

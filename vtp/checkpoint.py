@@ -7,6 +7,7 @@ are assigned in place (safetensors are memory-mapped, so pages are read on first
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -134,8 +135,15 @@ def load_model(cls, path, *, device="cpu", dtype=torch.float32, verify: str = "a
     state = read_state_dict(kind, files)
     where = str(files[0] if len(files) == 1 else folder / SAFETENSORS_INDEX_NAME)
 
-    with torch.device("meta"):
-        model = cls(config)
+    # building thousands of small objects triggers a full garbage collection (~90 ms of a ~140 ms load)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.device("meta"):
+            model = cls(config)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     # the RoPE periods are in the file (bf16); recompute them and check the file agrees
     for key in COMPUTED_BUFFERS:
         if key in state:
