@@ -28,12 +28,25 @@ PRESET = "VTP-Small-f16d64"
 LOAD_BUDGET_S = 1.0
 RSS_BUDGET_RATIO = 1.3
 
+# Peak RSS is read from VmHWM in /proc/self/status: it belongs to the process image and starts afresh at
+# exec, unlike ru_maxrss, which a child inherits from a bigger parent (the one that made the checkpoint).
 _CHILD = r"""
 import json, resource, sys, time
+
+def peak_rss():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
-rss_torch = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+rss_torch = peak_rss()
 mode, folder = sys.argv[1], sys.argv[2]
 if mode != "torch":
     from vtp import VTPModel
@@ -43,7 +56,7 @@ if mode != "torch":
             s = sum(float(p.float().sum()) for p in model.state_dict().values())
 t2 = time.perf_counter()
 print(json.dumps({"import_torch_s": t1 - t0, "after_torch_s": t2 - t1, "total_s": t2 - t0,
-                  "rss_torch": rss_torch, "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "rss_torch": rss_torch, "rss_peak": peak_rss()}))
 """
 
 
