@@ -190,7 +190,8 @@ fi
 
 # ---- 3. accuracy and timing ----------------------------------------------------------------------
 step "3/3: accuracy and timing"
-eval_args=("${common[@]}" --precision "$PRECISION" --fusion "$FUSION" --out "$OUT")
+# --quiet: the evaluation writes its table to log.txt; the terminal gets it once, below, from verify.report
+eval_args=("${common[@]}" --precision "$PRECISION" --fusion "$FUSION" --out "$OUT" --quiet)
 ((!QUICK)) || eval_args+=(--quick)
 ((!NO_TIMING)) || eval_args+=(--no-timing)
 [[ -z "$FAULT" ]] || eval_args+=(--inject-fault "$FAULT")
@@ -201,7 +202,7 @@ eval_rc=0
 say ""
 say "===== run_verify.sh verdict ====="
 if [[ -f "$OUT/accuracy_summary.json" && $eval_rc -ne 2 ]]; then
-    "$PYTHON" -m verify.report "$OUT" 2>&1 | tee -a "$CONSOLE" "$LOG" || true
+    "$PYTHON" -m verify.report "$OUT" 2>&1 | tee -a "$CONSOLE" || true
 fi
 
 case "$demo_rc" in 0) demo_text="OK" ;; *) demo_text="FAILED (exit $demo_rc)" ;; esac

@@ -249,7 +249,10 @@ def prepare(args) -> dict:
     from vtp.image import load_image, preprocess
 
     prompts = parse_prompts(args.prompts)
-    parse_fusion_spec(args.fusion)  # a bad spec is a usage error, found before any heavy work
+    try:  # a bad spec is a usage error, found before any heavy work
+        parse_fusion_spec(args.fusion)
+    except ValueError as exc:
+        raise UsageError(f"--fusion {args.fusion!r}: {exc}") from None
     device = resolve_device(args.device)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -277,7 +280,8 @@ def prepare(args) -> dict:
     if options.get("applied"):
         logger.info("ascend options: %s", options)
     t = time.perf_counter()
-    model, report = prepare_candidate(model, device, fusion=args.fusion, copy_model=False)
+    model, report = prepare_candidate(model, device, fusion=args.fusion, precision=args.precision,
+                                      copy_model=False)
     for line in report.summary().splitlines():
         logger.info("%s", line)
     logger.info("model ready on %s in %s", device, _ms(time.perf_counter() - t))
@@ -347,9 +351,10 @@ def main(argv=None) -> int:
     from vtp.image import ImageError
     from vtp.weights import WeightsError
 
-    # ValueError: an unknown fusion rule or a malformed fusion YAML (ascend.fusion.parse_fusion_spec)
+    # Not ValueError in general: one raised by the model or the fusion layer is a failure (exit 1), not a
+    # usage error; option errors are raised as UsageError.
     environment_errors = (UsageError, DeviceError, WeightsMissing, CheckpointError, ConfigError, ImageError,
-                          WeightsError, FileNotFoundError, ValueError)
+                          WeightsError, FileNotFoundError)
     try:
         ready = prepare(args)
     except environment_errors as exc:

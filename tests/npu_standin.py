@@ -1,38 +1,61 @@
-"""A stand-in ``torch_npu`` FOR TESTS ONLY: reference math for the fused operators the fusion rules
-call, a record of every call, and checks of the documented argument contracts.
+"""A stand-in ``torch_npu`` FOR TESTS ONLY, shared by the device-layer and the fusion tests.
 
-It lets the CPU test suite drive the NPU code path of :mod:`ascend.fused_ops` (a model patched with
-``device="npu"`` calls ``torch_npu.npu_*`` on CPU tensors) and check the *wiring*: argument order,
-layout strings, explicit eps/scale, contiguity, which half is gated, which tokens are rotated. It
-says nothing about the real kernels' numerics; that needs an NPU.
+One :class:`NpuStandin` plays both halves of torch_npu on a CPU host:
 
-Each operator computes the documented math in torch (facts file §1) and raises
-:class:`ContractError` when a call breaks either the documented contract (what the real op
-rejects: non-contiguous ``npu_swiglu`` input, a bad layout string, a dtype outside the SoC's list,
-an invalid cos/sin broadcast shape) or the kit's own rule where the API default is a trap
-(``npu_rms_norm`` without ``epsilon``: default 1e-6 vs VTP's 1e-5; ``npu_fusion_attention`` without
-``scale``: default 1.0). Messages say which.
+* ``torch.npu`` as :mod:`ascend.npu`, :mod:`ascend.device` and :mod:`ascend.environment` read it:
+  device count and name, SoC version (and from it bf16 support, the AMP dtype list and the
+  ``allow_internal_format`` default, as torch_npu does), ``matmul``/``conv.allow_hf32``,
+  ``config.allow_internal_format``, ``set_option``, ``set_compile_mode``, ``synchronize``, memory
+  statistics, device properties and the CANN version;
+* the fused operators the fusion rules call (``npu_rms_norm``, ``npu_swiglu``,
+  ``npu_fusion_attention``, ``npu_rotary_mul``, ``npu_fast_gelu``), each computing the documented
+  math in torch (facts file §1).
 
-Use the ``npu_standin`` fixture (SoC Ascend910B3, 223) or ``make_npu_standin(soc=..., name=...)``;
-import them into a test module with ``from npu_standin import npu_standin, make_npu_standin``.
+Every call into either half is recorded (:attr:`NpuStandin.calls`, :meth:`NpuStandin.calls_to`,
+:meth:`NpuStandin.trace`). That checks the *wiring* only: argument order, layout strings, explicit
+eps/scale, contiguity, which half is gated, which tokens are rotated, which options are set. It says
+nothing about the real kernels' numerics; that needs an NPU.
+
+A fused operator raises :class:`ContractError` when a call breaks either the documented contract
+(what the real op rejects: non-contiguous ``npu_swiglu`` input, a bad layout string, a dtype outside
+the SoC's list, an invalid cos/sin broadcast shape) or the kit's own rule where the API default is a
+trap (``npu_rms_norm`` without ``epsilon``: default 1e-6 vs VTP's 1e-5; ``npu_fusion_attention``
+without ``scale``: default 1.0). Messages say which.
+
+Installing (``monkeypatch`` undoes everything but the backend rename):
+
+* ``npu_standin`` fixture: an Ascend910B3 (SoC 223, Atlas A2) with two NPUs;
+  ``make_npu_standin(soc=..., name=..., rename_backend=...)`` for other configurations;
+  :func:`install` is what both call.
+* ``rename_backend=True`` also renames torch's privateuse1 backend to ``"npu"`` (as
+  ``import torch_npu`` does) so that ``torch.device("npu")`` parses. **That rename is permanent for
+  the process**: see :func:`rename_privateuse1_backend`. Without it, whether ``torch.device("npu")``
+  parses depends on whether an earlier test in the same run asked for the rename, so a test that
+  builds an NPU ``torch.device`` must ask for it, and no test may rely on it failing.
+* ``no_torch_npu`` fixture / :func:`hide`: torch_npu not installed; :func:`break_import`: an
+  installed torch_npu whose import raises (no CANN, no driver, a CUDA build).
+
+Import into a test module with ``from npu_standin import npu_standin, make_npu_standin`` (pytest puts
+tests/ on ``sys.path``).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import inspect
+import re
 import sys
 import types
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ascend import npu as npu_mod
-
-_MISSING = object()
 
 AS_STRIDED_TEXT = (
     "current tensor is running as_strided, don't perform inplace operations on the returned value. If you "
@@ -50,9 +73,12 @@ class ContractError(AssertionError):
 
 @dataclass
 class Call:
-    """One recorded call: operator name, every parameter bound by name, and the names passed explicitly."""
+    """One recorded call: the function's name, the arguments as the caller passed them, every
+    parameter bound by name (defaults applied) and the names the caller passed explicitly."""
 
     op: str
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
     params: Dict[str, Any]
     explicit: frozenset
 
@@ -60,66 +86,92 @@ class Call:
         return self.params[name]
 
 
-def _family(soc: int) -> Optional[str]:
-    return npu_mod.soc_family(soc)
+def _matching_version() -> str:
+    """torch's release with a ``+standin`` tag ("2.13.0+standin"): a pair ascend.environment accepts."""
+    match = re.match(r"\d+\.\d+\.\d+", torch.__version__)
+    return f"{match.group(0) if match else torch.__version__}+standin"
 
 
 @dataclass
 class NpuStandin:
-    """The stand-in: ``module`` goes into ``sys.modules["torch_npu"]``, ``npu`` into ``torch.npu``."""
+    """The stand-in: ``module`` goes into ``sys.modules["torch_npu"]``, ``npu`` into ``torch.npu``.
+
+    bf16 support, the AMP dtype list and the ``allow_internal_format`` default follow from ``soc``
+    as in torch_npu (Atlas A2 and newer: bf16, internal format off; 910A/310P: no bf16, internal
+    format on). ``npu`` is a plain namespace: tests read and set its flags and may monkeypatch its
+    functions.
+    """
 
     soc: int = 223
     name: str = "Ascend910B3"
-    device_count: int = 1
+    device_count: int = 2
+    version: str = field(default_factory=_matching_version)  # torch_npu.__version__
+    cann_version: str = "8.5.0"  # torch.npu.utils.get_cann_version()
+    peak_memory: int = 12345  # torch.npu.max_memory_allocated(), bytes
+    total_memory: int = 64 * 2**30  # torch.npu.get_device_properties().total_memory, bytes
     calls: List[Call] = field(default_factory=list)
 
     def __post_init__(self):
         self.module = types.ModuleType("torch_npu")
-        self.module.__version__ = "0.0.0+standin"
+        self.module.__version__ = self.version
         self.module.__file__ = __file__
         for op in ("npu_rms_norm", "npu_swiglu", "npu_fusion_attention", "npu_rotary_mul", "npu_fast_gelu"):
             setattr(self.module, op, getattr(self, op))
         count, soc, name = self.device_count, self.soc, self.name
         bf16 = soc >= npu_mod.SOC_910B1
         amp_dtypes = [torch.float16, torch.bfloat16, torch.float32] if bf16 else [torch.float16, torch.float32]
+        properties = types.SimpleNamespace(name=name, total_memory=self.total_memory)
         self.npu = types.SimpleNamespace(
             is_available=lambda: count > 0,
             device_count=lambda: count,
             current_device=lambda: 0,
-            get_device_name=lambda index=None: name,
+            get_device_name=lambda device=None: name,
+            get_device_properties=lambda device=None: properties,
             get_soc_version=lambda: soc,
             is_bf16_supported=lambda: bf16,
-            get_amp_supported_dtype=lambda: amp_dtypes,
-            synchronize=lambda device=None: self._log("synchronize", device=device),
-            max_memory_allocated=lambda device=None: 0,
-            reset_peak_memory_stats=lambda device=None: self._log("reset_peak_memory_stats", device=device),
-            set_option=lambda options: self._log("set_option", options=options),
-            set_compile_mode=lambda jit_compile: self._log("set_compile_mode", jit_compile=jit_compile),
+            get_amp_supported_dtype=lambda: list(amp_dtypes),
+            max_memory_allocated=lambda device=None: self.peak_memory,
+            synchronize=self._recorder("synchronize", _SIG_DEVICE),
+            reset_peak_memory_stats=self._recorder("reset_peak_memory_stats", _SIG_DEVICE),
+            set_option=self._recorder("set_option", _SIG_SET_OPTION),
+            set_compile_mode=self._recorder("set_compile_mode", _SIG_COMPILE_MODE),
             matmul=types.SimpleNamespace(allow_hf32=False),  # torch_npu defaults (facts §2)
             conv=types.SimpleNamespace(allow_hf32=True),
             config=types.SimpleNamespace(allow_internal_format=soc < npu_mod.SOC_910B1),
-            utils=types.SimpleNamespace(get_soc_version=lambda: soc, get_cann_version=lambda module="CANN": "standin"),
+            utils=types.SimpleNamespace(get_soc_version=lambda: soc,
+                                        get_cann_version=lambda module="CANN": self.cann_version),
         )
         self.module.npu = self.npu
 
     @property
     def family(self) -> Optional[str]:
-        return _family(self.soc)
+        return npu_mod.soc_family(self.soc)
 
     def calls_to(self, op: str) -> List[Call]:
+        """The recorded calls of one function, in order."""
         return [c for c in self.calls if c.op == op]
 
-    # -------------------------------------------------------------------------------- bookkeeping
-    def _log(self, op: str, **params) -> None:
-        self.calls.append(Call(op, params, frozenset(params)))
+    def trace(self) -> List[Tuple[str, Tuple[Any, ...], Dict[str, Any]]]:
+        """Every recorded call as ``(op, args, kwargs)``, exactly as the caller passed them."""
+        return [(c.op, c.args, c.kwargs) for c in self.calls]
 
+    # -------------------------------------------------------------------------------- bookkeeping
     def _record(self, op: str, signature, args, kwargs) -> Call:
-        bound = signature.bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)  # a TypeError here is a call torch_npu would refuse too
         explicit = frozenset(bound.arguments)
         bound.apply_defaults()
-        call = Call(op, dict(bound.arguments), explicit)
+        call = Call(op, tuple(args), dict(kwargs), dict(bound.arguments), explicit)
         self.calls.append(call)
         return call
+
+    def _recorder(self, op: str, signature):
+        """A ``torch.npu`` function that only records its call (and returns None)."""
+
+        def record(*args, **kwargs) -> None:
+            self._record(op, signature, args, kwargs)
+
+        record.__name__ = op
+        return record
 
     @staticmethod
     def _fail(op: str, what: str, rule: str = "documented contract") -> None:
@@ -322,7 +374,7 @@ def _valid_rotary_broadcast(x_shape, r_shape, mode: str) -> bool:
     return tuple(r_shape[:3]) in allowed
 
 
-# Documented signatures (facts §1.2, §1.4-1.7); defaults as in torch_npu.
+# Documented signatures (facts §1.2, §1.4-1.7, torch_npu.npu); defaults as in torch_npu.
 def _sig(fn) -> inspect.Signature:
     return inspect.signature(fn)
 
@@ -335,6 +387,9 @@ def _fusion_attention(query, key, value, head_num, input_layout, pse=None, paddi
                       gen_mask_parallel=True, sync=False, softmax_layout="", sink=None): ...
 def _rotary_mul(input, r1, r2, rotary_mode="half", rotate=None): ...
 def _fast_gelu(input): ...
+def _device_function(device=None): ...
+def _set_option(option): ...
+def _set_compile_mode(jit_compile=True): ...
 
 
 _SIG_RMS = _sig(_rms_norm)
@@ -342,16 +397,41 @@ _SIG_SWIGLU = _sig(_swiglu)
 _SIG_FA = _sig(_fusion_attention)
 _SIG_ROTARY = _sig(_rotary_mul)
 _SIG_FAST_GELU = _sig(_fast_gelu)
+_SIG_DEVICE = _sig(_device_function)  # synchronize, reset_peak_memory_stats
+_SIG_SET_OPTION = _sig(_set_option)
+_SIG_COMPILE_MODE = _sig(_set_compile_mode)
 
 
-def install(monkeypatch, soc: int = 223, name: str = "Ascend910B3", device_count: int = 1) -> NpuStandin:
+# ------------------------------------------------------------------------------------ installing
+def rename_privateuse1_backend() -> None:
+    """Rename torch's privateuse1 backend to ``"npu"``, as ``import torch_npu`` does, so that
+    ``torch.device("npu")`` and ``torch.is_autocast_enabled("npu")`` accept the name.
+
+    PERMANENT FOR THE PROCESS: torch cannot undo the rename and monkeypatch does not restore it. From
+    the first test that asks for it on, ``torch.device("npu")`` parses in every later test of the
+    same pytest run; before it, it fails. So a test that needs the name must ask for it itself, and
+    no test may rely on the name being unknown. With no kernels registered under it, nothing else in
+    torch changes. Skips the calling test when the backend already has another name.
+    """
+    backend = torch._C._get_privateuse1_backend_name()
+    if backend == "privateuseone":
+        torch.utils.rename_privateuse1_backend("npu")
+    elif backend != "npu":
+        pytest.skip(f"privateuse1 backend already renamed to {backend!r}")
+
+
+def install(monkeypatch, *, rename_backend: bool = False, **config) -> NpuStandin:
     """Put a stand-in into ``sys.modules["torch_npu"]``, ``torch.npu`` and ascend.npu's import cache.
 
-    ``monkeypatch`` undoes the first two at teardown; the caller resets the cache (the fixtures do).
-    ``torch.device("npu")`` still does not parse (that needs torch's privateuse1 backend renamed, see
-    tests/test_device.py); the fusion layer takes device strings and never builds one.
+    ``config`` sets :class:`NpuStandin` fields (``soc``, ``name``, ``device_count``, ``version``, ...).
+    ``monkeypatch`` undoes ``sys.modules`` and ``torch.npu`` at teardown; the caller resets the import
+    cache (the fixtures do). ``rename_backend=True`` also calls :func:`rename_privateuse1_backend`,
+    which is permanent for the process; only code that builds an NPU ``torch.device`` needs it (the
+    device layer does, the fusion layer takes device strings and never builds one).
     """
-    standin = NpuStandin(soc=soc, name=name, device_count=device_count)
+    if rename_backend:
+        rename_privateuse1_backend()
+    standin = NpuStandin(**config)
     monkeypatch.setitem(sys.modules, "torch_npu", standin.module)
     monkeypatch.setattr(torch, "npu", standin.npu, raising=False)
     npu_mod._reset_cache()
@@ -360,14 +440,48 @@ def install(monkeypatch, soc: int = 223, name: str = "Ascend910B3", device_count
     return standin
 
 
+def hide(monkeypatch) -> None:
+    """torch_npu not installed, even on a host where it is (``None`` in sys.modules blocks the import)."""
+    monkeypatch.setitem(sys.modules, "torch_npu", None)
+    monkeypatch.delattr(torch, "npu", raising=False)
+    npu_mod._reset_cache()
+
+
+class BrokenImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """An installed torch_npu whose import raises ``error``, like one without CANN; counts the tries."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+        self.imports = 0
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.util.spec_from_loader(name, self) if name == "torch_npu" else None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        self.imports += 1
+        raise self.error
+
+
+def break_import(monkeypatch, error: BaseException) -> BrokenImport:
+    """Make ``import torch_npu`` raise ``error`` (monkeypatch removes the finder at teardown)."""
+    finder = BrokenImport(error)
+    monkeypatch.delitem(sys.modules, "torch_npu", raising=False)
+    monkeypatch.delattr(torch, "npu", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    npu_mod._reset_cache()
+    return finder
+
+
 @pytest.fixture
 def make_npu_standin(monkeypatch):
-    """Factory: ``make_npu_standin(soc=202, name="Ascend310P3")`` installs a stand-in for that SoC."""
-    made = []
+    """Factory: ``make_npu_standin(soc=202, name="Ascend310P3")`` installs a stand-in for that SoC;
+    takes :func:`install`'s keywords (``rename_backend=True`` for ``torch.device("npu")``)."""
 
-    def make(soc: int = 223, name: str = "Ascend910B3", device_count: int = 1) -> NpuStandin:
-        made.append(install(monkeypatch, soc, name, device_count))
-        return made[-1]
+    def make(**config) -> NpuStandin:
+        return install(monkeypatch, **config)
 
     yield make
     npu_mod._reset_cache()
@@ -375,5 +489,14 @@ def make_npu_standin(monkeypatch):
 
 @pytest.fixture
 def npu_standin(make_npu_standin) -> NpuStandin:
-    """A stand-in torch_npu for an Ascend910B3 (SoC 223, Atlas A2), removed after the test."""
+    """A stand-in torch_npu: two Ascend910B3 (SoC 223, Atlas A2), removed after the test; the
+    privateuse1 backend is not renamed."""
     return make_npu_standin()
+
+
+@pytest.fixture
+def no_torch_npu(monkeypatch):
+    """torch_npu not installed, even on a host where it is; the import cache is reset around the test."""
+    hide(monkeypatch)
+    yield
+    npu_mod._reset_cache()

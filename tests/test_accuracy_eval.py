@@ -119,6 +119,64 @@ def test_usage_errors_exit_2(tmp_path, tiny_checkpoint, capsys, args, words):
     code, s = run(tmp_path, tiny_checkpoint, *args)
     assert code == 2 and s is None
     assert words in capsys.readouterr().err
+    assert not (tmp_path / "out" / "fusion_result.json").exists()  # nothing half-written
+
+
+def test_size_not_a_multiple_of_the_patch(tmp_path, tiny_checkpoint, capsys):
+    code, s = run(tmp_path, tiny_checkpoint, "--size", "100")
+    assert code == 2 and "multiple of the patch size 16" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "fusion_result.json").exists()
+
+
+def test_failed_rerun_removes_the_earlier_summary(tmp_path, tiny_checkpoint):
+    code, s = run(tmp_path, tiny_checkpoint, "--fusion", "none")
+    assert code == 0 and s["verdict"] == "PASS"
+    code, s = run(tmp_path, tiny_checkpoint, "--device", "npu:7")
+    assert code == 2 and s is None  # the PASS of the first run is gone, not left to be read as this run's
+
+
+def test_attribution_splits_fusion_and_precision(tmp_path, tiny_checkpoint):
+    code, s = run(tmp_path, tiny_checkpoint, "--fusion", "all", "--precision", "bf16")
+    assert code == 0, s["overall"]["reasons"]
+    clip = {t["name"]: t["metrics"]["attribution"] for t in s["tasks"]["clip"]["tensors"]}
+    _, fp32 = run(tmp_path / "fp32", tiny_checkpoint, "--fusion", "all")
+    fp32_clip = {t["name"]: t["metrics"]["attribution"] for t in fp32["tasks"]["clip"]["tensors"]}
+    # the CPU fp32 fused run is the same in both; only the candidate's precision differs
+    assert clip["clip_text_features"]["fusions_rel_l2"] == fp32_clip["clip_text_features"]["fusions_rel_l2"] > 0
+    assert clip["clip_text_features"]["device_and_precision_rel_l2"] > 1e-4  # bf16
+    assert s["candidate"]["fusion_rules"] and s["thresholds"]["precision"] == "bf16"
+
+
+def test_checkpoint_without_clip_skips_the_task(tmp_path):
+    from conftest import tiny_config
+    from vtp import VTPModel
+
+    folder = tmp_path / "noclip"
+    VTPModel.synthetic(tiny_config(train_clip=False), seed=0).save_pretrained(folder)
+    code, s = run(tmp_path, folder, "--fusion", "none")
+    assert code == 0 and set(s["tasks"]) == {"reconstruction", "ssl"}
+    assert "train_clip=false" in s["skipped_tasks"]["clip"]
+
+
+def test_other_context_length(tmp_path):
+    from conftest import tiny_config
+    from vtp import VTPModel
+
+    folder = tmp_path / "ctx32"
+    VTPModel.synthetic(tiny_config(text_context_length=32), seed=0).save_pretrained(folder)
+    code, s = run(tmp_path, folder, "--fusion", "none")
+    assert code == 0 and s["tasks"]["clip"]["verdict"] == "PASS"
+
+
+def test_a_crash_in_the_candidate_is_a_failure_not_an_environment_error(tmp_path, tiny_checkpoint, monkeypatch):
+    from vtp.model import VTPModel
+
+    def broken(self, image, normalize=True):
+        raise ValueError("shape trouble inside the model")
+
+    monkeypatch.setattr(VTPModel, "get_clip_image_feature", broken)
+    code, s = run(tmp_path, tiny_checkpoint)
+    assert code == 1 and s is None
 
 
 def test_missing_weights(tmp_path, tiny_checkpoint, capsys, monkeypatch):

@@ -1,18 +1,15 @@
 """Tests of ascend.npu and ascend.device on CPU, and of the NPU wiring with a stand-in torch_npu.
 
-The stand-in (``fake_npu`` fixture) is a plain module put into ``sys.modules["torch_npu"]`` and
-``torch.npu``; it records the calls the device layer makes. It checks the wiring only: real NPU
-behaviour needs an NPU.
+The stand-in is the shared one of ``npu_standin.py`` (a plain module put into
+``sys.modules["torch_npu"]`` and ``torch.npu``); it records the calls the device layer makes. It
+checks the wiring only: real NPU behaviour needs an NPU.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -21,96 +18,16 @@ import torch
 from ascend import device as dev
 from ascend import npu as npu_mod
 from ascend.device import DeviceError
+from npu_standin import NpuStandin, break_import, make_npu_standin, no_torch_npu  # noqa: F401
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible; auto-detect would pick it")
 
 
-class FakeNPU(types.SimpleNamespace):
-    """Stand-in for ``torch.npu``: the attributes ascend.device reads, plus a call log."""
-
-    def __init__(self, count: int = 2, bf16: bool = True, soc: int = 223):
-        amp_dtypes = [torch.float16, torch.bfloat16, torch.float32] if bf16 else [torch.float16, torch.float32]
-        super().__init__(
-            calls=[],
-            matmul=types.SimpleNamespace(allow_hf32=False),  # torch_npu defaults
-            conv=types.SimpleNamespace(allow_hf32=True),
-            config=types.SimpleNamespace(allow_internal_format=True),  # the 910A/310P default
-            is_available=lambda: count > 0,
-            device_count=lambda: count,
-            current_device=lambda: 0,
-            is_bf16_supported=lambda: bf16,
-            get_amp_supported_dtype=lambda: amp_dtypes,
-            get_device_name=lambda index=None: "Ascend910B3",
-            get_soc_version=lambda: soc,
-            get_device_properties=lambda index=None: types.SimpleNamespace(total_memory=64 * 2**30),
-            max_memory_allocated=lambda index=None: 12345,
-            utils=types.SimpleNamespace(get_cann_version=lambda module="CANN": "8.5.0"),
-        )
-
-    def _log(self, name, *args, **kwargs):
-        self.calls.append((name, args, kwargs))
-
-    def synchronize(self, *args, **kwargs):
-        self._log("synchronize", *args, **kwargs)
-
-    def reset_peak_memory_stats(self, *args, **kwargs):
-        self._log("reset_peak_memory_stats", *args, **kwargs)
-
-    def set_compile_mode(self, *args, **kwargs):
-        self._log("set_compile_mode", *args, **kwargs)
-
-    def set_option(self, *args, **kwargs):
-        self._log("set_option", *args, **kwargs)
-
-
-def install_fake_npu(monkeypatch, **kwargs) -> FakeNPU:
-    """Put a stand-in torch_npu into sys.modules and torch.npu; monkeypatch undoes both."""
-    # torch_npu renames the privateuse1 backend to "npu" so that torch.device("npu") parses. The
-    # rename is one-way and process-wide; with no kernels registered it changes nothing else.
-    backend = torch._C._get_privateuse1_backend_name()
-    if backend == "privateuseone":
-        torch.utils.rename_privateuse1_backend("npu")
-    elif backend != "npu":
-        pytest.skip(f"privateuse1 backend already renamed to {backend!r}")
-    fake = FakeNPU(**kwargs)
-    module = types.ModuleType("torch_npu")
-    module.__version__ = "2.13.0"
-    module.npu = fake
-    monkeypatch.setitem(sys.modules, "torch_npu", module)
-    monkeypatch.setattr(torch, "npu", fake, raising=False)
-    npu_mod._reset_cache()
-    return fake
-
-
 @pytest.fixture
-def fake_npu(monkeypatch) -> FakeNPU:
-    return install_fake_npu(monkeypatch)
-
-
-@pytest.fixture
-def no_torch_npu(monkeypatch):
-    """torch_npu not installed, even on a host where it is (None in sys.modules blocks the import)."""
-    monkeypatch.setitem(sys.modules, "torch_npu", None)
-    monkeypatch.delattr(torch, "npu", raising=False)
-    npu_mod._reset_cache()
-
-
-class BrokenTorchNpu(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """An installed torch_npu whose import raises ``error``, like one without CANN."""
-
-    def __init__(self, error: BaseException):
-        self.error = error
-        self.imports = 0
-
-    def find_spec(self, name, path=None, target=None):
-        return importlib.util.spec_from_loader(name, self) if name == "torch_npu" else None
-
-    def create_module(self, spec):
-        return None
-
-    def exec_module(self, module):
-        self.imports += 1
-        raise self.error
+def standin(make_npu_standin) -> NpuStandin:
+    """Two Ascend910B3 NPUs (SoC 223). The device layer builds ``torch.device("npu", i)``, so this
+    renames torch's privateuse1 backend to "npu" (permanent for the process, see npu_standin)."""
+    return make_npu_standin(rename_backend=True)
 
 
 @pytest.fixture(autouse=True)
@@ -118,14 +35,6 @@ def _fresh_import_cache():
     npu_mod._reset_cache()
     yield
     npu_mod._reset_cache()
-
-
-def break_torch_npu(monkeypatch, error: BaseException) -> BrokenTorchNpu:
-    finder = BrokenTorchNpu(error)
-    monkeypatch.delitem(sys.modules, "torch_npu", raising=False)
-    monkeypatch.delattr(torch, "npu", raising=False)
-    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
-    return finder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,7 +93,7 @@ def test_npu_without_torch_npu(no_torch_npu):
     ],
 )
 def test_import_failure_reason_reaches_the_device_error(monkeypatch, error, diagnosis):
-    finder = break_torch_npu(monkeypatch, error)
+    finder = break_import(monkeypatch, error)
     with pytest.raises(DeviceError) as info:
         dev.resolve_device("npu")
     message = str(info.value)
@@ -204,20 +113,20 @@ def test_chained_autoload_error_keeps_the_root_cause(monkeypatch):
             raise RuntimeError("Failed to load the backend extension: torch_npu.") from root
     except RuntimeError as exc:
         chained = exc
-    break_torch_npu(monkeypatch, chained)
+    break_import(monkeypatch, chained)
     _, reason = npu_mod.import_torch_npu()
     assert reason.startswith("CANN not found")
     assert "RuntimeError: Failed to load the backend extension" in reason
     assert "ImportError: libhccl.so" in reason
 
 
-def test_npu_index_within_count(fake_npu):
+def test_npu_index_within_count(standin):
     assert dev.resolve_device("npu:1") == torch.device("npu", 1)
     assert dev.resolve_device("npu").type == "npu"
     assert dev.available_devices()[:2] == ["npu:0", "npu:1"]
 
 
-def test_npu_index_out_of_range_names_the_count(fake_npu):
+def test_npu_index_out_of_range_names_the_count(standin):
     with pytest.raises(DeviceError) as info:
         dev.resolve_device("npu:3")
     message = str(info.value)
@@ -225,13 +134,13 @@ def test_npu_index_out_of_range_names_the_count(fake_npu):
     assert "Available: npu:0, npu:1" in message
 
 
-def test_auto_prefers_npu(fake_npu):
+def test_auto_prefers_npu(standin):
     assert dev.resolve_device() == torch.device("npu", 0)
     assert dev.is_npu(dev.resolve_device("auto"))
 
 
-def test_npu_with_zero_devices_is_refused(monkeypatch):
-    install_fake_npu(monkeypatch, count=0)
+def test_npu_with_zero_devices_is_refused(make_npu_standin):
+    make_npu_standin(device_count=0, rename_backend=True)
     with pytest.raises(DeviceError, match="is_available\\(\\) is False"):
         dev.resolve_device("npu")
 
@@ -248,7 +157,7 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name)
 
 
-def test_prepare_environment_disables_autoload_without_cann(monkeypatch, fake_npu, clean_env):
+def test_prepare_environment_disables_autoload_without_cann(monkeypatch, standin, clean_env):
     monkeypatch.delitem(sys.modules, "torch")  # as if called before `import torch`
     result = npu_mod.prepare_environment()
     assert result["autoload"] == "disabled"
@@ -256,7 +165,7 @@ def test_prepare_environment_disables_autoload_without_cann(monkeypatch, fake_np
     assert "ASCEND_HOME_PATH" in result["reason"]
 
 
-def test_prepare_environment_respects_user_and_cann(monkeypatch, fake_npu, clean_env):
+def test_prepare_environment_respects_user_and_cann(monkeypatch, standin, clean_env):
     monkeypatch.delitem(sys.modules, "torch")
     monkeypatch.setenv(npu_mod.AUTOLOAD_ENV, "1")
     assert npu_mod.prepare_environment()["autoload"] == "unchanged"
@@ -267,7 +176,7 @@ def test_prepare_environment_respects_user_and_cann(monkeypatch, fake_npu, clean
     assert npu_mod.AUTOLOAD_ENV not in os.environ
 
 
-def test_prepare_environment_after_torch_import_is_too_late(fake_npu, clean_env):
+def test_prepare_environment_after_torch_import_is_too_late(standin, clean_env):
     result = npu_mod.prepare_environment()
     assert result["autoload"] == "unchanged" and "too late" in result["reason"]
 
@@ -284,11 +193,11 @@ def test_prepare_environment_without_torch_npu(no_torch_npu, clean_env):
 # synchronize, memory, timing
 
 
-def test_npu_sync_and_memory_go_to_torch_npu(fake_npu):
+def test_npu_sync_and_memory_go_to_torch_npu(standin):
     dev.synchronize("npu:1")
     assert dev.peak_memory_bytes("npu:1") == 12345
     assert dev.reset_peak_memory(torch.device("npu", 1)) is True
-    assert fake_npu.calls == [("synchronize", (1,), {}), ("reset_peak_memory_stats", (1,), {})]
+    assert standin.trace() == [("synchronize", (1,), {}), ("reset_peak_memory_stats", (1,), {})]
 
 
 def test_cpu_sync_memory_and_timer():
@@ -324,20 +233,20 @@ def test_unknown_precision():
         dev.autocast("cpu", "int8")
 
 
-def test_bf16_refused_on_npu_without_bf16(monkeypatch):
-    install_fake_npu(monkeypatch, bf16=False, soc=202)
+def test_bf16_refused_on_npu_without_bf16(make_npu_standin):
+    make_npu_standin(soc=202, name="Ascend310P3", rename_backend=True)  # 310P: no bf16
     with pytest.raises(DeviceError, match="bf16 is not supported on this NPU") as info:
         dev.autocast("npu:0", "bf16")
     assert "family 310P" in str(info.value)
 
 
-def test_dtype_missing_from_npu_amp_list_is_refused(fake_npu, monkeypatch):
-    monkeypatch.setattr(fake_npu, "get_amp_supported_dtype", lambda: [torch.float32])
+def test_dtype_missing_from_npu_amp_list_is_refused(standin, monkeypatch):
+    monkeypatch.setattr(standin.npu, "get_amp_supported_dtype", lambda: [torch.float32])
     with pytest.raises(DeviceError, match="NPU autocast does not support torch.float16"):
         dev.autocast("npu", "fp16")
 
 
-def test_npu_fp16_autocast_is_enabled(fake_npu):
+def test_npu_fp16_autocast_is_enabled(standin):
     with dev.autocast("npu:0", "fp16"):
         assert torch.is_autocast_enabled("npu")
     assert not torch.is_autocast_enabled("npu")
@@ -347,33 +256,33 @@ def test_npu_fp16_autocast_is_enabled(fake_npu):
 # strict fp32 and Ascend options
 
 
-def test_strict_fp32_turns_off_hf32_and_restores(fake_npu, torch_fp32_flags):
-    fake_npu.matmul.allow_hf32 = True
+def test_strict_fp32_turns_off_hf32_and_restores(standin, torch_fp32_flags):
+    standin.npu.matmul.allow_hf32 = True
     torch.set_float32_matmul_precision("medium")
     with dev.strict_fp32("npu:0") as previous:
-        assert fake_npu.matmul.allow_hf32 is False
-        assert fake_npu.conv.allow_hf32 is False
+        assert standin.npu.matmul.allow_hf32 is False
+        assert standin.npu.conv.allow_hf32 is False
         assert torch.get_float32_matmul_precision() == "highest"
     assert previous["npu.matmul.allow_hf32"] is True and previous["npu.conv.allow_hf32"] is True
-    assert fake_npu.matmul.allow_hf32 is True and fake_npu.conv.allow_hf32 is True
+    assert standin.npu.matmul.allow_hf32 is True and standin.npu.conv.allow_hf32 is True
     assert torch.get_float32_matmul_precision() == "medium"
-    assert not fake_npu.calls  # an A2 SoC needs no precision-mode change
+    assert not standin.calls  # an A2 SoC needs no precision-mode change
 
 
-def test_set_strict_fp32_off_allows_hf32(fake_npu, torch_fp32_flags):
+def test_set_strict_fp32_off_allows_hf32(standin, torch_fp32_flags):
     previous = dev.set_strict_fp32("npu", enabled=False)
-    assert fake_npu.matmul.allow_hf32 is True and fake_npu.conv.allow_hf32 is True
+    assert standin.npu.matmul.allow_hf32 is True and standin.npu.conv.allow_hf32 is True
     assert torch.backends.cuda.matmul.allow_tf32
     dev.restore_fp32_state(previous)
-    assert fake_npu.matmul.allow_hf32 is False and fake_npu.conv.allow_hf32 is True
+    assert standin.npu.matmul.allow_hf32 is False and standin.npu.conv.allow_hf32 is True
     assert dev._read_torch_flags() == torch_fp32_flags
 
 
-def test_strict_fp32_on_old_soc_keeps_fp32_kernels(monkeypatch):
-    fake = install_fake_npu(monkeypatch, soc=102)
+def test_strict_fp32_on_old_soc_keeps_fp32_kernels(make_npu_standin):
+    standin = make_npu_standin(soc=102, name="Ascend910A", rename_backend=True)
     with dev.strict_fp32("npu:0"):
         pass
-    modes = [call[1][0]["ACL_PRECISION_MODE"] for call in fake.calls if call[0] == "set_option"]
+    modes = [call.args[0]["ACL_PRECISION_MODE"] for call in standin.calls_to("set_option")]
     assert modes == ["must_keep_origin_dtype", "allow_fp32_to_fp16"]
 
 
@@ -411,16 +320,17 @@ def test_strict_fp32_survives_flags_set_through_the_new_api(torch_fp32_flags):
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_ascend_options_pins_format_and_compile_mode(fake_npu, jit_compile):
+def test_ascend_options_pins_format_and_compile_mode(standin, jit_compile):
+    standin.npu.config.allow_internal_format = True  # the 910A/310P default, so that the pin shows
     applied = dev.ascend_options("npu:0", jit_compile=jit_compile)
-    assert fake_npu.config.allow_internal_format is False
-    assert fake_npu.calls == [("set_compile_mode", (), {"jit_compile": jit_compile})]
+    assert standin.npu.config.allow_internal_format is False
+    assert standin.trace() == [("set_compile_mode", (), {"jit_compile": jit_compile})]
     assert applied == {"applied": True, "allow_internal_format": False, "jit_compile": jit_compile}
 
 
-def test_ascend_options_leaves_compile_mode_alone_by_default(fake_npu):
+def test_ascend_options_leaves_compile_mode_alone_by_default(standin):
     assert dev.ascend_options("npu")["jit_compile"] is None
-    assert fake_npu.calls == []
+    assert standin.calls == []
 
 
 def test_ascend_options_off_npu_is_a_no_op():
@@ -438,7 +348,7 @@ def test_soc_family(version, family):
     assert npu_mod.soc_family(version) == family
 
 
-def test_soc_version_from_fake(fake_npu):
+def test_soc_version_from_standin(standin):
     assert npu_mod.soc_version() == 223
 
 

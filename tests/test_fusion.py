@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import sys
 import warnings
 
 import pytest
@@ -18,13 +17,12 @@ import torch
 
 from ascend import fused_ops
 from ascend import fusion
-from ascend import npu as npu_mod
 from ascend.fusion import (
     RULE_NAMES, RULES, SCHEMA, apply_fusions, fusion_record_for_preset, load_fusion_result, named_replace,
     parse_fusion_spec, replace_modules, write_fusion_result,
 )
 from conftest import REPO, tiny_config
-from npu_standin import AS_STRIDED_TEXT, ContractError, make_npu_standin, npu_standin  # noqa: F401
+from npu_standin import AS_STRIDED_TEXT, ContractError, make_npu_standin, no_torch_npu, npu_standin  # noqa: F401
 from verify.metrics import relative_l2_error
 from vtp import VTPConfig, VTPModel
 from vtp.layers.attention import SelfAttention
@@ -351,16 +349,11 @@ def test_swiglu_fused_weight_follows_a_reloaded_checkpoint(models, inputs, npu_s
     assert "_w12_cache" not in model.state_dict() and all("w12" not in k for k in model.state_dict())
 
 
-def test_npu_patched_model_without_torch_npu_says_why(models, inputs, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch_npu", None)
-    npu_mod._reset_cache()
-    try:
-        model, report = patched(models["default"], ["rmsnorm"], device="npu", soc="Ascend910B3")
-        assert report.target.simulated and report.rule("rmsnorm").kernels == {"torch_npu.npu_rms_norm": 5}
-        with pytest.raises(RuntimeError, match="torch_npu is not usable here .*torch_npu is not installed"):
-            run_tasks(model, *inputs)
-    finally:
-        npu_mod._reset_cache()
+def test_npu_patched_model_without_torch_npu_says_why(models, inputs, no_torch_npu):
+    model, report = patched(models["default"], ["rmsnorm"], device="npu", soc="Ascend910B3")
+    assert report.target.simulated and report.rule("rmsnorm").kernels == {"torch_npu.npu_rms_norm": 5}
+    with pytest.raises(RuntimeError, match="torch_npu is not usable here .*torch_npu is not installed"):
+        run_tasks(model, *inputs)
 
 
 # ------------------------------------------------------------------------------------------ SoC decisions
@@ -519,7 +512,7 @@ def test_record_matches_a_patch_with_the_standin(npu_standin):
     live = named_replace(model, "all", "npu").to_dict()
     committed = json.loads((REPO / "fusion_result.json").read_text())
     assert live["rules"] == committed["rules"] and live["model"] == committed["model"]
-    assert live["environment"] == {"torch": torch.__version__, "torch_npu": "0.0.0+standin"}
+    assert live["environment"] == {"torch": torch.__version__, "torch_npu": npu_standin.version}
     assert live["target"]["simulated"] is False
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -342,6 +344,51 @@ def test_save_png_rejects_other_shapes(tmp_path, shape):
     with pytest.raises(ValueError, match=r"\[3, H, W\] or \[1, 3, H, W\]"):
         save_png(torch.zeros(shape), tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mask", [0o077, 0o002])
+def test_save_png_follows_the_umask(tmp_path, mask):
+    saved = os.umask(mask)
+    try:
+        path = save_png(torch.zeros(3, 4, 4), tmp_path / "x.png")
+    finally:
+        os.umask(saved)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_save_png_uses_a_new_temporary_file_each_time(tmp_path, monkeypatch):
+    import vtp.io_utils
+
+    real_replace = vtp.io_utils.os.replace
+    moved = []
+
+    def recording_replace(src, dst):
+        moved.append((Path(src).name, Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(vtp.io_utils.os, "replace", recording_replace)
+    path = tmp_path / "recon.png"
+    save_png(torch.zeros(3, 4, 4), path)
+    save_png(torch.ones(3, 4, 4), path)
+    (first, _), (second, _) = moved
+    assert first != second and first.startswith(".recon.png.") and second.endswith(".tmp")
+    assert [dst for _, dst in moved] == ["recon.png", "recon.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["recon.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), to_uint8(torch.ones(3, 4, 4)))
+
+
+def test_failed_save_png_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = save_png(torch.zeros(3, 4, 4), tmp_path / "recon.png")
+    before = path.read_bytes()
+
+    def broken_save(self, fp, format=None, **params):
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_png(torch.ones(3, 4, 4), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["recon.png"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -352,3 +352,130 @@ def test_autocast_keeps_rope_in_bf16(tiny_model, dtype):
     ref = tiny_model.get_reconstruction_latents(img)
     assert torch.isfinite(rec).all() and torch.isfinite(f).all()
     assert ((lat.float() - ref).norm() / ref.norm()) < 0.05
+
+
+# --------------------------------------------------------------------------------------- weights identity, saving
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _temporaries(folder) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "sharded", "bin"])
+def test_identity_names_the_files_the_loader_read(tmp_path, make_tiny, fmt):
+    import hashlib
+    from pathlib import Path
+
+    from vtp import weights
+
+    model = make_tiny(seed=3)
+    if fmt == "bin":
+        model.config.save(tmp_path)
+        torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    else:
+        model.save_pretrained(tmp_path, max_shard_bytes=2_000_000 if fmt == "sharded" else None)
+    loaded = VTPModel.from_pretrained(tmp_path)
+    names = sorted(Path(f).name for f in loaded.checkpoint_files)
+    assert (len(names) > 1) == (fmt == "sharded")
+    digests = {n: _sha256(tmp_path / n) for n in names}
+    combined = hashlib.sha256("".join(f"{digests[n]}  {n}\n" for n in names).encode()).hexdigest()
+
+    identity = weights.weights_identity(tmp_path, files=loaded.checkpoint_files)
+    assert identity == {"path": str(tmp_path.resolve()), "files": names,
+                        "sha256": digests[names[0]] if len(names) == 1 else combined, "manifest": False}
+    assert weights.weights_identity(tmp_path) == identity  # the loader's rule, inferred
+    weights.write_manifest(tmp_path)
+    reloaded = VTPModel.from_pretrained(tmp_path)
+    assert weights.weights_identity(tmp_path, files=reloaded.checkpoint_files) == {**identity, "manifest": True}
+
+
+def test_unlisted_model_safetensors_is_refused_at_load(tmp_path, make_tiny):
+    from vtp import weights
+
+    make_tiny(seed=1).save_pretrained(tmp_path, max_shard_bytes=2_000_000)
+    weights.write_manifest(tmp_path)
+    VTPModel.from_pretrained(tmp_path)  # the verified shards load
+    (tmp_path / "model.safetensors").write_bytes(b"weights the manifest does not list")  # would be read first
+    with pytest.raises(CheckpointError) as e:
+        VTPModel.from_pretrained(tmp_path)
+    assert "model.safetensors: not listed in manifest.json" in str(e.value)
+    with pytest.raises(CheckpointError, match="model.safetensors: cannot read as safetensors"):
+        VTPModel.from_pretrained(tmp_path, verify="none")  # unverified, it is the file the loader reads
+
+
+@pytest.mark.parametrize("first, second", [(None, 2_000_000), (2_000_000, None), (2_000_000, 200_000)],
+                         ids=["single-then-sharded", "sharded-then-single", "fewer-then-more-shards"])
+@torch.no_grad()
+def test_save_replaces_the_weights_of_an_earlier_save(tmp_path, make_tiny, first, second):
+    from vtp.checkpoint import find_weights
+
+    make_tiny(seed=1).save_pretrained(tmp_path, max_shard_bytes=first)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"left alone")
+    newer = make_tiny(seed=2)
+    newer.save_pretrained(tmp_path, max_shard_bytes=second)
+
+    kind, files = find_weights(tmp_path)
+    expected = {f.name for f in files} | ({"model.safetensors.index.json"} if kind == "sharded" else set())
+    assert {p.name for p in tmp_path.iterdir() if p.name.startswith("model")} == expected
+    assert (tmp_path / "pytorch_model.bin").read_bytes() == b"left alone"
+    a, b = newer.state_dict(), VTPModel.from_pretrained(tmp_path).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_concurrent_saves_use_their_own_temporary_files(tmp_path, make_tiny, monkeypatch):
+    import threading
+    from pathlib import Path
+
+    import safetensors.torch
+
+    real_save_file = safetensors.torch.save_file
+    both_written = [threading.Barrier(2, timeout=20)]
+    temporaries = []
+
+    def save_file(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata=metadata)
+        temporaries.append(Path(filename).name)
+        for barrier in both_written:
+            barrier.wait()  # both temporary files exist at the same time
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    models = [make_tiny(seed=1), make_tiny(seed=2)]
+    errors = []
+
+    def save(model):
+        try:
+            model.save_pretrained(tmp_path)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(temporaries)) == 2 and all(n.startswith(".model.safetensors.") for n in temporaries)
+    assert _temporaries(tmp_path) == []
+    loaded = VTPModel.from_pretrained(tmp_path).state_dict()
+    assert any(all(torch.equal(m.state_dict()[k], loaded[k]) for k in loaded) for m in models)
+
+    both_written.clear()
+    models[0].save_pretrained(tmp_path)  # a later save: yet another name, nothing left behind
+    assert len(set(temporaries)) == 3 and _temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("mask", [0o077, 0o002])
+def test_saved_files_follow_the_umask(tmp_path, make_tiny, mask):
+    import os
+
+    saved = os.umask(mask)
+    try:
+        make_tiny().save_pretrained(tmp_path, max_shard_bytes=2_000_000)
+    finally:
+        os.umask(saved)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert len(modes) > 3 and set(modes.values()) == {0o666 & ~mask}, modes

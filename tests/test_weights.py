@@ -465,10 +465,161 @@ def test_verify_missing_folder_exits_2(cli, tmp_path):
     assert code == 2 and "no such folder" in err
 
 
-def test_malformed_manifest_is_a_verification_failure(cli, folder):
-    (folder / "manifest.json").write_text('{"schema": "something-else"}')
-    code, _, err = cli("verify", folder)
-    assert code == 1 and "schema is 'something-else'" in err
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('{"schema": "something-else"}', "schema is 'something-else'"),
+        ("{not json", "not JSON"),
+        ('{"schema": "vtp-weights-manifest/1", "files": {}}', "'files' is not a list"),
+        ('{"schema": "vtp-weights-manifest/1", "files": [{"path": "../x", "size": 1, "sha256": "0"}]}',
+         "file path '../x' is not relative to the folder"),
+    ],
+    ids=["schema", "not-json", "files-not-list", "path-outside"],
+)
+def test_malformed_manifest_is_a_usage_error(cli, folder, text, words):
+    (folder / "manifest.json").write_text(text)
+    code, out, err = cli("verify", folder)
+    assert code == 2 and out == ""
+    assert words in err and "is not a valid weights manifest" in err and "--write-manifest" in err
+    with pytest.raises(weights.ManifestError, match="is not a valid weights manifest"):
+        weights.verify_manifest(folder)
+
+
+def test_unreadable_file_exits_2_with_a_clear_message(cli, folder, monkeypatch):
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(weights, "sha256_file", refuse)
+    code, out, err = cli("verify", folder)
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: cannot verify {folder}: PermissionError: ") and "Permission denied" in err
+    assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------
+# weights files the manifest does not list
+
+SHARDS = {
+    "config.json": b'{"model_type": "vtp"}\n',
+    "model.safetensors.index.json": json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    ).encode(),
+    "model-00001-of-00002.safetensors": b"shard one" * 100,
+    "model-00002-of-00002.safetensors": b"shard two" * 100,
+}
+SHARD_NAMES = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+
+
+def combined_sha256(files: dict[str, bytes]) -> str:
+    """sha256sum's output over ``files`` in name order, hashed: the identity of several files."""
+    text = "".join(f"{hashlib.sha256(files[n]).hexdigest()}  {n}\n" for n in sorted(files))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture
+def sharded(tmp_path) -> Path:
+    folder = make_folder(tmp_path / "sharded", SHARDS)
+    weights.write_manifest(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "name", ["model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "extra.safetensors"]
+)
+def test_unlisted_weights_file_fails_verification_naming_it(cli, sharded, name):
+    if name == "model.safetensors.index.json":  # an index the manifest does not know of, next to a listed one
+        (sharded / name).unlink()
+        weights.write_manifest(sharded)
+        (sharded / name).write_bytes(SHARDS[name])
+    else:
+        (sharded / name).write_bytes(b"weights nobody verified")
+    code, out, err = cli("verify", sharded)
+    assert code == 1 and out == ""
+    assert f"{name}: not listed in manifest.json" in err
+    assert "1 weights file(s) not listed in manifest.json" in err and "Remove the unlisted" in err
+    for full in (True, "auto", False):
+        with pytest.raises(weights.WeightsError) as info:
+            weights.verify_manifest(sharded, full=full)
+        assert info.value.problems == [f"{name}: not listed in manifest.json (a weights file the manifest "
+                                       "does not vouch for)"]
+    assert not (sharded / weights.STAMP_NAME).exists()
+
+
+def test_unlisted_and_damaged_files_are_reported_together(sharded):
+    (sharded / "model.safetensors").write_bytes(b"unverified")
+    (sharded / SHARD_NAMES[0]).unlink()
+    with pytest.raises(weights.WeightsError) as info:
+        weights.verify_manifest(sharded)
+    message = str(info.value)
+    assert "1 of 4 files do not match manifest.json; 1 weights file(s) not listed in manifest.json" in message
+    assert info.value.problems[0] == f"{SHARD_NAMES[0]}: missing"
+    assert info.value.problems[1].startswith("model.safetensors: not listed")
+
+
+def test_hidden_and_non_weight_files_need_no_listing(sharded):
+    (sharded / ".partial.safetensors").write_bytes(b"hidden: a download in progress")
+    (sharded / "NOTES.txt").write_text("not weights")
+    assert weights.verify_manifest(sharded)["files"] == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# one definition of a complete checkpoint (vtp.layout), shared by the loader, this tool and env_check
+
+
+@pytest.mark.parametrize(
+    "files, kind, missing",
+    [
+        ({"config.json": b"{}", "model.safetensors": b"w"}, "safetensors", []),
+        (SHARDS, "sharded", []),
+        ({"config.json": b"{}", "pytorch_model.bin": b"w"}, "bin", []),
+        ({"config.json": b"{}", "pytorch_model.bin": b"w", "model.safetensors": b"w"}, "safetensors", []),
+        ({k: v for k, v in SHARDS.items() if k != SHARD_NAMES[1]}, None, [SHARD_NAMES[1]]),
+        ({"config.json": b"{}", "model.safetensors.index.json": b"[]"}, None,
+         ["model.safetensors.index.json (unreadable: TypeError: "]),  # then Python's own words
+        ({"config.json": b"{}", "model.safetensors.index.json": b'{"weight_map": {"a": "../w.safetensors"}}'},
+         None, ["model.safetensors.index.json (bad shard name '../w.safetensors')"]),
+        ({"model.safetensors": b"w"}, "safetensors", ["config.json"]),
+        ({"README.md": b"#"}, None, ["config.json", "model.safetensors"]),
+    ],
+    ids=["single", "sharded", "bin", "single-before-bin", "shard-missing", "index-unreadable", "index-escapes",
+         "no-config", "empty"],
+)
+def test_one_definition_of_a_complete_checkpoint(tmp_path, files, kind, missing):
+    from vtp import layout
+
+    def same(got: list[str], expected: list[str]) -> bool:
+        return len(got) == len(expected) and all(
+            g == e or (e.endswith(": ") and g.startswith(e)) for g, e in zip(got, expected)
+        )
+
+    folder = make_folder(tmp_path / "ckpt", files)
+    assert same(layout.missing_files(folder), missing)
+    if kind is None:
+        with pytest.raises(layout.CheckpointError) as info:
+            layout.find_weights(folder)
+        assert same(info.value.missing, [m for m in missing if m != "config.json"])
+    else:
+        assert layout.find_weights(folder)[0] == kind
+
+
+def test_env_check_uses_the_loader_rule(tmp_path):
+    pytest.importorskip("torch")
+    from verify.env_check import ERROR, OK, WARN, check_weights
+
+    folder = make_folder(tmp_path / "bin", {"config.json": b"{}", "pytorch_model.bin": b"w"})
+    assert check_weights(folder, require=True).status == WARN  # complete, but no manifest
+    weights.write_manifest(folder)
+    assert check_weights(folder, require=True).status == OK
+    (folder / "pytorch_model.bin").unlink()
+    row = check_weights(folder, require=True)
+    assert row.status == ERROR and row.detail == f"{folder} lacks model.safetensors"
+
+
+def test_write_manifest_accepts_a_bin_checkpoint(cli, tmp_path):
+    folder = make_folder(tmp_path / SMALL, {"config.json": b"{}", "pytorch_model.bin": b"pickled tensors"})
+    code, out, err = cli("verify", folder, "--write-manifest")
+    assert code == 0, err
+    assert "2 files" in out and cli("verify", folder)[0] == 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -528,12 +679,69 @@ def test_size_only_check(folder, hash_calls):
 
 def test_weights_identity_reads_the_manifest(folder, hash_calls):
     expected = hashlib.sha256(REPO_FILES["model.safetensors"]).hexdigest()
-    assert weights.weights_identity(folder) == {"path": str(folder.resolve()), "sha256": expected, "manifest": True}
-    assert hash_calls == []
+    identity = {"path": str(folder.resolve()), "files": ["model.safetensors"], "sha256": expected}
+    assert weights.weights_identity(folder) == {**identity, "manifest": True}
+    assert hash_calls == []  # the stamp vouches for the file as it is
 
     (folder / "manifest.json").unlink()
-    assert weights.weights_identity(folder) == {"path": str(folder.resolve()), "sha256": expected, "manifest": False}
+    assert weights.weights_identity(folder) == {**identity, "manifest": False}
     assert hash_calls == ["model.safetensors"]
+
+
+def test_weights_identity_hashes_what_the_stamp_does_not_vouch_for(folder, hash_calls):
+    path = folder / "model.safetensors"
+    bump_mtime(path)  # touched since the last check: hashed again, still matches the manifest
+    assert weights.weights_identity(folder)["manifest"] is True
+    assert hash_calls == ["model.safetensors"]
+
+    corrupt_byte(path)  # changed, same size: the identity is that of the bytes, not of the manifest
+    identity = weights.weights_identity(folder)
+    assert identity["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert identity["manifest"] is False
+
+
+def test_weights_identity_of_a_bin_checkpoint(tmp_path):
+    data = b"pickled tensors" * 10
+    folder = make_folder(tmp_path / "bin", {"config.json": b"{}", "pytorch_model.bin": data})
+    identity = weights.weights_identity(folder)
+    assert identity == {"path": str(folder.resolve()), "files": ["pytorch_model.bin"],
+                        "sha256": hashlib.sha256(data).hexdigest(), "manifest": False}
+    weights.write_manifest(folder)
+    assert weights.weights_identity(folder) == {**identity, "manifest": True}
+
+
+def test_weights_identity_describes_exactly_the_files_given(sharded, monkeypatch):
+    expected = combined_sha256({n: SHARDS[n] for n in SHARD_NAMES})
+    as_loaded = [str(sharded / n) for n in reversed(SHARD_NAMES)]  # model.checkpoint_files: paths, any order
+    identity = {"path": str(sharded.resolve()), "files": SHARD_NAMES, "sha256": expected, "manifest": True}
+    assert weights.weights_identity(sharded, files=as_loaded) == identity
+    assert weights.weights_identity(sharded, files=SHARD_NAMES) == identity  # names relative to the folder
+    monkeypatch.chdir(sharded.parent)
+    assert weights.weights_identity("sharded", files=[f"sharded/{n}" for n in SHARD_NAMES]) == {
+        **identity, "path": str(sharded.resolve())}
+
+    one = weights.weights_identity(sharded, files=[SHARD_NAMES[0]])
+    assert one["files"] == [SHARD_NAMES[0]] and one["sha256"] == hashlib.sha256(SHARDS[SHARD_NAMES[0]]).hexdigest()
+
+
+def test_weights_identity_reports_the_unlisted_file_the_loader_would_read(sharded):
+    (sharded / "model.safetensors").write_bytes(b"weights nobody verified")
+    identity = weights.weights_identity(sharded)  # the loader's rule: model.safetensors comes first
+    assert identity["files"] == ["model.safetensors"] and identity["manifest"] is False
+    assert identity["sha256"] == hashlib.sha256(b"weights nobody verified").hexdigest()
+    assert weights.weights_identity(sharded, files=SHARD_NAMES)["manifest"] is True
+
+
+def test_weights_identity_errors(tmp_path, sharded):
+    from vtp.layout import CheckpointError
+
+    with pytest.raises(ValueError, match="is not inside"):
+        weights.weights_identity(sharded, files=[str(tmp_path / "elsewhere.safetensors")])
+    with pytest.raises(FileNotFoundError, match="model-00009"):
+        weights.weights_identity(sharded, files=["model-00009-of-00009.safetensors"])
+    empty = make_folder(tmp_path / "empty", {"config.json": b"{}"})
+    with pytest.raises(CheckpointError, match="no weights found"):
+        weights.weights_identity(empty)
 
 
 def test_list_shows_presence_and_manifest(cli, tmp_path):
@@ -549,3 +757,71 @@ def test_list_shows_presence_and_manifest(cli, tmp_path):
     }
     code, out, _ = cli("list", "--root", tmp_path / "none")
     assert code == 0 and [line.split()[1:3] for line in out.splitlines()[1:]] == [["no", "no"]] * 3
+
+
+# ----------------------------------------------------------------------------------------------
+# atomic writes (vtp.io_utils: the manifest, the stamp, reports, checkpoints and PNGs all use it)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test; restored afterwards."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+    yield os.umask
+    os.umask(saved)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask(tmp_path, umask, mask):
+    from vtp import io_utils
+
+    umask(mask)
+    written = [
+        io_utils.atomic_write_bytes(tmp_path / "a.bin", b"x"),
+        io_utils.atomic_write_json(tmp_path / "b.json", {"a": 1}),
+        weights.write_manifest(make_folder(tmp_path / "w")),
+        tmp_path / "w" / weights.STAMP_NAME,
+    ]
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+
+
+def hidden_temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_atomic_path_gives_each_writer_its_own_temporary_file(tmp_path):
+    from vtp.io_utils import atomic_path
+
+    target = tmp_path / "out.json"
+    with atomic_path(target) as first, atomic_path(target) as second:  # two writers at once
+        assert first != second and first.parent == second.parent == tmp_path
+        assert first.name.startswith(".out.json.") and first.name.endswith(".tmp")
+        assert first.exists() and first.stat().st_size == 0
+        first.write_text("first")
+        second.write_text("second")
+    assert target.read_text() == "first"  # the last to finish wins; neither write is lost half-way
+    assert hidden_temporaries(tmp_path) == []
+
+    with atomic_path(target) as third:
+        third.write_text("third")
+    assert target.read_text() == "third" and third != first and hidden_temporaries(tmp_path) == []
+
+
+def test_atomic_path_removes_the_temporary_file_on_any_failure(tmp_path, monkeypatch):
+    from vtp import io_utils
+
+    target = io_utils.atomic_write_text(tmp_path / "keep.txt", "old")
+    with pytest.raises(KeyError):
+        with io_utils.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise KeyError("writer failed")
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(io_utils.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        io_utils.atomic_write_text(target, "new")
+    assert target.read_text() == "old" and hidden_temporaries(tmp_path) == []

@@ -44,8 +44,8 @@ class UsageError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- inputs
-def make_inputs(weights, batch: int, size: int, prompts):
-    """(images (batch, 3, size, size), image descriptions, token ids (P, 77))."""
+def make_inputs(weights, batch: int, size: int, prompts, context_length: int = 77):
+    """(images (batch, 3, size, size), image descriptions, token ids (P, context_length))."""
     import torch
 
     from ascend.runtime import default_image
@@ -58,7 +58,7 @@ def make_inputs(weights, batch: int, size: int, prompts):
     if batch > 1:
         images.append(make_synthetic_batch(batch - 1, size=size, seed=1))
         described += [f"synthetic image seed {1 + i}" for i in range(batch - 1)]
-    return torch.cat(images), described, get_tokenizer()(list(prompts))
+    return torch.cat(images), described, get_tokenizer(context_length=context_length)(list(prompts))
 
 
 # --------------------------------------------------------------------------------------------- tasks
@@ -76,13 +76,22 @@ def parse_fault(spec: str):
         raise UsageError(f"--inject-fault {spec!r}: {value!r} is neither a number nor 'nan'") from None
 
 
-def inject_fault(model, spec: str):
-    """Register a forward hook that perturbs one module's output (harness self-test)."""
+def fault_target(model, spec: str):
+    """(module, factor or "nan") for `spec`; UsageError when the model has no such module."""
     name, fault = parse_fault(spec)
     modules = dict(model.named_modules())
     if name not in modules:
-        close = [n for n in modules if n.startswith(name.rsplit(".", 1)[0])][:8]
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        close = [n for n in modules if n and n.startswith(parent)][:8] or ["trunk.blocks.0", "pixel_decoder.blocks.0",
+                                                                         "text_transformer.resblocks.0"]
         raise UsageError(f"--inject-fault: no module named {name!r} in the model (e.g. {', '.join(close)})")
+    return modules[name], fault
+
+
+def inject_fault(model, spec: str):
+    """Register a forward hook that perturbs one module's output (harness self-test)."""
+    module, fault = fault_target(model, spec)
+    name = parse_fault(spec)[0]
 
     def hook(module, args, output):
         if fault == "nan":
@@ -91,54 +100,69 @@ def inject_fault(model, spec: str):
             return output
         return output * fault
 
-    modules[name].register_forward_hook(hook)
+    module.register_forward_hook(hook)
     logger.warning("injected fault on the candidate: %s -> %s", name, fault)
     return {"module": name, "fault": fault}
 
 
-def run_tasks(model, images, text, device, precision: str) -> dict:
-    """All outputs of the three tasks, as CPU fp32 tensors."""
+def task_plan(config) -> tuple:
+    """({task: tensor names} this checkpoint can run, {task: why it is skipped})."""
+    tasks, skipped = {}, {}
+    if config.train_reconstruction:
+        tasks["reconstruction"] = TASKS["reconstruction"]
+    else:
+        skipped["reconstruction"] = "the checkpoint has no pixel decoder (train_reconstruction=false)"
+    if config.train_clip:
+        tasks["clip"] = TASKS["clip"]
+    else:
+        skipped["clip"] = "the checkpoint has no CLIP parts (train_clip=false)"
+    tasks["ssl"] = TASKS["ssl"]
+    return tasks, skipped
+
+
+def run_tasks(model, images, text, device, precision: str, tasks=TASKS) -> dict:
+    """The outputs of `tasks`, as CPU fp32 tensors."""
     import torch
 
     from ascend.device import autocast
 
     images, text = images.to(device), text.to(device)
+    out = {}
     with torch.no_grad(), autocast(device, precision):
-        latents = model.get_reconstruction_latents(images)
-        recon = model.get_latents_decoded_images(latents)
-        img_f = model.get_clip_image_feature(images)
-        txt_f = model.get_clip_text_feature(text)
-        probs = model.logits_from_features(img_f, txt_f).float().softmax(dim=-1)
-        ssl = model.get_last_layer_feature(images)
-    out = {"latents": latents, "reconstructed_image": recon, "clip_image_features": img_f,
-           "clip_text_features": txt_f, "clip_probs": probs, "ssl_cls": ssl["cls_token"],
-           "ssl_patch_tokens": ssl["patch_tokens"]}
+        if "reconstruction" in tasks:
+            out["latents"] = model.get_reconstruction_latents(images)
+            out["reconstructed_image"] = model.get_latents_decoded_images(out["latents"])
+        if "clip" in tasks:
+            out["clip_image_features"] = img_f = model.get_clip_image_feature(images)
+            out["clip_text_features"] = txt_f = model.get_clip_text_feature(text)
+            out["clip_probs"] = model.logits_from_features(img_f, txt_f).float().softmax(dim=-1)
+        if "ssl" in tasks:
+            ssl = model.get_last_layer_feature(images)
+            out["ssl_cls"], out["ssl_patch_tokens"] = ssl["cls_token"], ssl["patch_tokens"]
     return {k: v.detach().to("cpu", torch.float32) for k, v in out.items()}
 
 
-def timing_suite(model, images, text, device, precision: str, warmup: int, iters: int) -> dict:
+def timing_suite(model, images, text, device, precision: str, warmup: int, iters: int, tasks=TASKS) -> dict:
     import torch
 
     from ascend.device import autocast, synchronize
     from verify.timing import time_call
 
     images, text = images.to(device), text.to(device)
-    with torch.no_grad():
-        latents = model.get_reconstruction_latents(images)
-
-    def clip():
-        f_i = model.get_clip_image_feature(images)
-        f_t = model.get_clip_text_feature(text)
-        return model.logits_from_features(f_i, f_t).softmax(dim=-1)
-
-    calls = {
-        "reconstruction_encode": lambda: model.get_reconstruction_latents(images),
-        "reconstruction_decode": lambda: model.get_latents_decoded_images(latents),
-        "clip_zero_shot": clip,
-        "ssl_features": lambda: model.get_last_layer_feature(images),
-    }
-    results = {}
+    calls = {}
     with torch.no_grad(), autocast(device, precision):
+        if "reconstruction" in tasks:
+            latents = model.get_reconstruction_latents(images)  # the decoder's input, made as in the task
+            calls["reconstruction_encode"] = lambda: model.get_reconstruction_latents(images)
+            calls["reconstruction_decode"] = lambda: model.get_latents_decoded_images(latents)
+        if "clip" in tasks:
+            def clip():
+                f_i = model.get_clip_image_feature(images)
+                f_t = model.get_clip_text_feature(text)
+                return model.logits_from_features(f_i, f_t).softmax(dim=-1)
+            calls["clip_zero_shot"] = clip
+        calls["ssl_features"] = lambda: model.get_last_layer_feature(images)
+        results = {}
         for name, fn in calls.items():
             results[name] = time_call(fn, lambda: synchronize(device), warmup=warmup, iters=iters)
             r = results[name]
@@ -148,12 +172,13 @@ def timing_suite(model, images, text, device, precision: str, warmup: int, iters
 
 
 # --------------------------------------------------------------------------------------------- verdicts
-def compare_all(candidate: dict, reference: dict, cpu_fused: dict, thresholds: dict, precision: str) -> dict:
+def compare_all(candidate: dict, reference: dict, cpu_fused: dict, thresholds: dict, precision: str,
+                tasks_run=TASKS) -> dict:
     from verify.metrics import compare_tensors, json_float, relative_l2_error
     from verify.verdict import judge_task, overall_verdict
 
     tasks = {}
-    for task, names in TASKS.items():
+    for task, names in tasks_run.items():
         records = []
         for name in names:
             rec = compare_tensors(candidate[name], reference[name], name, probabilities=name in PROBABILITIES)
@@ -185,40 +210,54 @@ def evaluate(args) -> tuple:
     """Run everything; returns (summary dict, console lines)."""
     import torch
 
-    from ascend.device import ascend_options, peak_memory_bytes, resolve_device, restore_fp32_state, set_strict_fp32
+    from ascend.device import (ascend_options, peak_memory_bytes, resolve_device, restore_fp32_state,
+                               set_strict_fp32, strict_fp32)
     from ascend.environment import environment_report
     from ascend.fusion import apply_fusions, parse_fusion_spec
     from ascend.runtime import DEFAULT_PROMPTS, load_weights, prepare_candidate
     from verify.timing import cold_process_load
     from verify.verdict import load_thresholds, select_thresholds
 
+    # options first: a usage error must come before any heavy work, and before anything is written
     t_start = time.perf_counter()
     device = resolve_device(args.device)
     if args.inject_fault:
-        parse_fault(args.inject_fault)  # usage errors before any heavy work
+        parse_fault(args.inject_fault)
     thresholds = load_thresholds(args.thresholds)
-    parse_fusion_spec(args.fusion)  # usage errors before any heavy work
+    try:
+        parse_fusion_spec(args.fusion)
+    except ValueError as e:
+        raise UsageError(f"--fusion {args.fusion!r}: {e}") from None
     prompts = tuple(args.prompts) if args.prompts else DEFAULT_PROMPTS
-    if not prompts:
-        raise UsageError("--prompts: empty prompt list")
 
     t = time.perf_counter()
     reference, identity = load_weights(args.weights, require=args.require_weights)
     load_s = time.perf_counter() - t
+    config = reference.config
+    if args.size % config.vision_patch_size:
+        raise UsageError(f"--size {args.size} is not a multiple of the patch size {config.vision_patch_size}")
+    if args.inject_fault:
+        fault_target(reference, args.inject_fault)  # the candidate has the same module names
+    tasks_run, tasks_skipped = task_plan(config)
+    for task, why in tasks_skipped.items():
+        logger.warning("task %s skipped: %s", task, why)
+
     options = ascend_options(device, allow_internal_format=args.allow_internal_format)
     strict_state = set_strict_fp32(device, True) if args.precision == "fp32" else None
     try:
         t = time.perf_counter()
-        candidate, fusion_report = prepare_candidate(reference, device, fusion=args.fusion,
+        candidate, fusion_report = prepare_candidate(reference, device, fusion=args.fusion, precision=args.precision,
                                                      record_path=args.out / "fusion_result.json")
         prepare_s = time.perf_counter() - t
         fault = inject_fault(candidate, args.inject_fault) if args.inject_fault else None
 
-        images, image_sources, text = make_inputs(args.weights, args.batch, args.size, prompts)
+        images, image_sources, text = make_inputs(args.weights, args.batch, args.size, prompts,
+                                                  context_length=config.text_context_length)
         compute_s = 0.0  # model computation; everything else in total_s is loading or the harness itself
         t = time.perf_counter()
-        cand_out = run_tasks(candidate, images, text, device, args.precision)
-        ref_out = run_tasks(reference, images, text, torch.device("cpu"), "fp32")
+        cand_out = run_tasks(candidate, images, text, device, args.precision, tasks_run)
+        with strict_fp32(torch.device("cpu")):  # the reference is full fp32, whatever the candidate's settings
+            ref_out = run_tasks(reference, images, text, torch.device("cpu"), "fp32", tasks_run)
         compute_s += time.perf_counter() - t
         same_as_candidate = device.type == "cpu" and args.precision == "fp32" and not fault
         if same_as_candidate:  # the candidate *is* the CPU fp32 fused model
@@ -229,17 +268,18 @@ def evaluate(args) -> tuple:
             apply_fusions(cpu_fused, fusion=args.fusion, device=torch.device("cpu"))
             prepare_s += time.perf_counter() - t
             t = time.perf_counter()
-            fused_out = run_tasks(cpu_fused, images, text, torch.device("cpu"), "fp32")
+            with strict_fp32(torch.device("cpu")):
+                fused_out = run_tasks(cpu_fused, images, text, torch.device("cpu"), "fp32", tasks_run)
             compute_s += time.perf_counter() - t
             del cpu_fused
-        result = compare_all(cand_out, ref_out, fused_out, thresholds, args.precision)
+        result = compare_all(cand_out, ref_out, fused_out, thresholds, args.precision, tasks_run)
 
         timings = {"load_in_process_s": load_s, "prepare_candidate_s": prepare_s}
         if not args.no_timing:
             timings["batch"], timings["size"] = args.timing_batch, args.size
             t = time.perf_counter()
             timings["tasks"] = timing_suite(candidate, images[:args.timing_batch], text, device, args.precision,
-                                            args.warmup, args.iters)
+                                            args.warmup, args.iters, tasks_run)
             compute_s += time.perf_counter() - t
             if identity["kind"] == "checkpoint" and not args.quick:
                 timings["load_cold_process"] = cold_process_load(identity["path"])
@@ -285,6 +325,7 @@ def evaluate(args) -> tuple:
                              "vs CPU fp32 fused" + (" (identical runs here: 0 by construction)"
                                                     if same_as_candidate else "")),
         "tasks": result["tasks"],
+        "skipped_tasks": tasks_skipped,
         "timings": timings,
         "verdict": result["overall"]["verdict"],
         "overall": result["overall"],
@@ -318,7 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--fusion", default="all", help="all, none, a comma list (gelu,layernorm,...) or a YAML file")
     p.add_argument("--thresholds", type=Path, help="thresholds YAML (default verify/thresholds.yaml)")
-    p.add_argument("--out", type=Path, default=Path("."), help="folder for accuracy_summary.json and log.txt")
+    p.add_argument("--out", type=Path, help="folder for accuracy_summary.json, log.txt and fusion_result.json "
+                                            "(default verify_out/<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no verdict table on stdout (log.txt and the JSON still "
+                                                         "have everything; run_verify.sh prints the table itself)")
     p.add_argument("--batch", type=int, default=4, help="images compared: the sample plus synthetic ones (default 4)")
     p.add_argument("--size", type=int, default=256, help="image resolution (default 256)")
     p.add_argument("--prompts", nargs="+", help="prompts (default: a diagram, a dog, a cat, a person)")
@@ -357,21 +401,38 @@ def main(argv=None) -> int:
     from vtp.config import ConfigError
     from vtp.image import ImageError
 
+    from vtp.weights import WeightsError
+
+    # Errors of the environment or the options: exit 2. Anything else raised while the models run is a
+    # failure of the thing under test: exit 1, never a PASS.
     env_errors = (DeviceError, WeightsMissing, ThresholdsError, CheckpointError, ConfigError, ImageError,
-                  UsageError, FileNotFoundError)
+                  WeightsError, UsageError, FileNotFoundError)
+    if args.out is None:
+        args.out = Path("verify_out") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
+        for name in ("accuracy_summary.json", "fusion_result.json"):  # an earlier run's result must not stand
+            (args.out / name).unlink(missing_ok=True)
+    except OSError as e:
+        print(f"error: --out {args.out}: cannot use it as the output folder ({e})", file=sys.stderr)
+        return EXIT_ENV
+    try:
         summary, lines = evaluate(args)
     except env_errors as e:
         logger.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ENV
-    except ValueError as e:  # e.g. an unknown fusion rule name
-        logger.error("%s: %s", type(e).__name__, e)
-        print(f"error: {e}", file=sys.stderr)
+    except Exception:
+        logger.exception("FAILED: the evaluation crashed")
+        print("error: the evaluation crashed (traceback above): verification FAILED", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        write_outputs(args.out, summary, lines)
+    except OSError as e:
+        print(f"error: cannot write the outputs to {args.out} ({e})", file=sys.stderr)
         return EXIT_ENV
-    write_outputs(args.out, summary, lines)
-    print("\n".join(lines))
+    if not args.quiet:
+        print("\n".join(lines))
     print(f"outputs: {args.out / 'accuracy_summary.json'}, {args.out / 'log.txt'}")
     return EXIT_PASS if summary["verdict"] == "PASS" else EXIT_FAIL
 

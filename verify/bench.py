@@ -13,13 +13,10 @@ the fusion layer's numbers are `python -m ascend.fusion_bench`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 logger = logging.getLogger("verify.bench")
@@ -27,43 +24,6 @@ logger = logging.getLogger("verify.bench")
 PRESET = "VTP-Small-f16d64"
 LOAD_BUDGET_S = 1.0
 RSS_BUDGET_RATIO = 1.3
-
-# Peak RSS is read from VmHWM in /proc/self/status: it belongs to the process image and starts afresh at
-# exec, unlike ru_maxrss, which a child inherits from a bigger parent (the one that made the checkpoint).
-_CHILD = r"""
-import json, resource, sys, time
-
-def peak_rss():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-t0 = time.perf_counter()
-import torch
-t1 = time.perf_counter()
-rss_torch = peak_rss()
-mode, folder = sys.argv[1], sys.argv[2]
-if mode != "torch":
-    from vtp import VTPModel
-    model = VTPModel.from_pretrained(folder)
-    if mode == "touch":  # read every weight once, as a forward pass would
-        with torch.no_grad():
-            s = sum(float(p.float().sum()) for p in model.state_dict().values())
-t2 = time.perf_counter()
-print(json.dumps({"import_torch_s": t1 - t0, "after_torch_s": t2 - t1, "total_s": t2 - t0,
-                  "rss_torch": rss_torch, "rss_peak": peak_rss()}))
-"""
-
-
-def _run_child(mode: str, folder: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD, mode, folder], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
 
 def make_synthetic_checkpoint(folder: Path, preset: str = PRESET) -> Path:
     from vtp import VTPModel
@@ -75,12 +35,15 @@ def make_synthetic_checkpoint(folder: Path, preset: str = PRESET) -> Path:
 
 
 def bench_load(weights: Path, repeats: int) -> dict:
-    size = sum(f.stat().st_size for f in weights.glob("*.safetensors"))
-    _run_child("load", str(weights))  # warm the page cache: "from local disk" means a warm file cache
+    from verify.timing import cold_process
+    from vtp.checkpoint import find_weights
+
+    size = sum(f.stat().st_size for f in find_weights(weights)[1])
+    cold_process("load", str(weights))  # warm the page cache: "from local disk" means a warm file cache
     runs = {"torch": [], "load": [], "touch": []}
     for _ in range(repeats):  # interleaved, so that machine noise hits every mode alike
         for mode in runs:
-            runs[mode].append(_run_child(mode, str(weights)))
+            runs[mode].append(cold_process(mode, str(weights)))
     med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
     extra_s = med["load"]["total_s"] - med["torch"]["total_s"]
     rss_load = med["load"]["rss_peak"] - med["torch"]["rss_peak"]
@@ -104,15 +67,10 @@ def bench_load(weights: Path, repeats: int) -> dict:
     return result
 
 
-def _stats(samples: list) -> dict:
-    s = sorted(samples)
-    return {"median_ms": statistics.median(s) * 1e3, "p90_ms": s[min(len(s) - 1, int(0.9 * len(s)))] * 1e3,
-            "min_ms": s[0] * 1e3, "n": len(s)}
-
-
 def bench_tasks(weights: Path, iters: int, warmup: int, size: int) -> dict:
     import torch
 
+    from verify.timing import time_call
     from vtp import VTPModel
     from vtp.tokenizers import get_tokenizer
 
@@ -130,15 +88,7 @@ def bench_tasks(weights: Path, iters: int, warmup: int, size: int) -> dict:
           f"{warmup} warm-up + {iters} timed")
     with torch.no_grad():
         for name, fn in tasks.items():
-            for _ in range(warmup):
-                fn()
-            samples = []
-            for _ in range(iters):
-                t = time.perf_counter()
-                fn()
-                samples.append(time.perf_counter() - t)
-            results[name] = _stats(samples)
-            r = results[name]
+            results[name] = r = time_call(fn, lambda: None, warmup=warmup, iters=iters)  # CPU: nothing to sync
             print(f"  {name:15s} median {r['median_ms']:8.1f} ms   p90 {r['p90_ms']:8.1f} ms   min {r['min_ms']:8.1f} ms")
     return results
 

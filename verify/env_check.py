@@ -8,7 +8,10 @@ Each check gives one row: ``ok``, ``warn`` (works, but read the note) or ``error
 cannot run as asked). torch_npu and CANN are required when the device is NPU: asked for with
 ``--device npu[:N]``, or ``auto`` on an Ascend host (``/dev/davinci*``, ``/usr/local/Ascend/driver`` or
 ``npu-smi`` present); elsewhere a missing torch_npu is expected. Nothing is written except the
-``--json`` report (schema ``vtp-env-check/1``, written atomically)::
+``--json`` report and, when a checkpoint with a manifest.json passes the weights check, its
+verification stamp (``DIR/.manifest_verified.json``, which lets the next check and model load skip
+re-hashing unchanged files; a failed check removes it). The report (schema ``vtp-env-check/1``,
+written atomically)::
 
     {"schema": "vtp-env-check/1", "created": ISO time, "ok": bool,
      "options": {"device", "weights", "require_weights", "out", "min_free_gb"},
@@ -173,26 +176,12 @@ def check_device(requested: str, report: Optional[dict]) -> Check:
     return Check("device", OK, f"{device}{how}" + (f": {name}" if name else ""))
 
 
-def _missing_weight_files(folder: Path) -> list:
-    """What the kit needs that ``folder`` lacks: config.json and the weights (single, sharded or .bin)."""
-    missing = [] if (folder / "config.json").is_file() else ["config.json"]
-    if (folder / "model.safetensors").is_file() or (folder / "pytorch_model.bin").is_file():
-        return missing
-    index = folder / "model.safetensors.index.json"
-    if not index.is_file():
-        return missing + ["model.safetensors"]
-    try:
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return missing + [f"{index.name} (unreadable: {exc})"]
-    return missing + [shard for shard in shards if not (folder / shard).is_file()]
-
-
 def check_weights(weights: Optional[Path], require: bool) -> Check:
-    from ascend.runtime import DEFAULT_WEIGHTS
+    from ascend.runtime import default_weights_dir
+    from vtp.layout import missing_files
     from vtp.weights import WeightsError, verify_manifest
 
-    folder = weights if weights is not None else DEFAULT_WEIGHTS
+    folder = weights if weights is not None else default_weights_dir()
     if weights is None and not (folder / "config.json").is_file():  # the rule of ascend.runtime.load_weights
         where = f"{folder} has no config.json" if folder.is_dir() else f"no checkpoint at {folder}"
         if require:
@@ -204,7 +193,7 @@ def check_weights(weights: Optional[Path], require: bool) -> Check:
     if not folder.is_dir():
         return Check("weights", ERROR, f"weights folder not found: {folder}",
                      f"pass the folder that holds config.json and model.safetensors ({DOWNLOAD_HINT})")
-    missing = _missing_weight_files(folder)
+    missing = missing_files(folder)  # the loader's own rule (vtp.layout)
     if missing:
         return Check("weights", ERROR, f"{folder} lacks {', '.join(missing)}",
                      f"download the checkpoint again ({DOWNLOAD_HINT} --dest {folder})")

@@ -8,53 +8,27 @@ are assigned in place (safetensors are memory-mapped, so pages are read on first
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import os
+import re
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 
 from .config import VTPConfig
+from .io_utils import atomic_path, atomic_write_json
+from .layout import BIN_NAME, SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME, CheckpointError, find_weights
+
+# the layout names and CheckpointError live in the torch-free vtp.layout; re-exported for existing imports
+__all__ = ["BIN_NAME", "SAFETENSORS_INDEX_NAME", "SAFETENSORS_NAME", "CheckpointError", "check_state_dict",
+           "find_weights", "load_model", "read_state_dict", "save_model"]
 
 logger = logging.getLogger(__name__)
 
-SAFETENSORS_NAME = "model.safetensors"
-SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
-BIN_NAME = "pytorch_model.bin"
 # computed buffers: rebuilt at load, and checked against the file where the file has them
 COMPUTED_BUFFERS = ("trunk.rope_embed.periods", "pixel_decoder.rope_embed.periods")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder that is missing, unreadable, or does not fit its config."""
-
-
-def find_weights(folder: Path) -> Tuple[str, List[Path]]:
-    """("safetensors" | "sharded" | "bin", files), preferring safetensors as transformers does."""
-    single = folder / SAFETENSORS_NAME
-    if single.is_file():
-        return "safetensors", [single]
-    index = folder / SAFETENSORS_INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({type(e).__name__}: {e}); it needs a "
-                                  "'weight_map' object of tensor name -> shard file") from None
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise CheckpointError(f"{index}: shard file(s) not found in {folder}: {', '.join(missing)}")
-        return "sharded", [folder / s for s in shards]
-    binary = folder / BIN_NAME
-    if binary.is_file():
-        return "bin", [binary]
-    raise CheckpointError(f"{folder}: no weights found (looked for {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME}, "
-                          f"{BIN_NAME}); download them with `python -m vtp.weights download VTP-Small-f16d64` or "
-                          "place them by hand (weights/README.md)")
+SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 
 def read_state_dict(kind: str, files: List[Path]) -> Dict[str, torch.Tensor]:
@@ -185,7 +159,12 @@ def _verify_manifest(folder: Path, full) -> None:
 
 def save_model(model, folder, max_shard_bytes: Optional[int] = None) -> Path:
     """config.json + model.safetensors (or model-0000i-of-0000n.safetensors shards and an index when the
-    payload exceeds `max_shard_bytes`), each written atomically."""
+    payload exceeds `max_shard_bytes`), each written atomically.
+
+    Safetensors weights of an earlier save that this one does not rewrite (a model.safetensors that would
+    shadow new shards, an old index, shards of another count) are removed, so that the folder loads what
+    was saved; a pytorch_model.bin is left alone (safetensors take precedence over it).
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -202,18 +181,21 @@ def save_model(model, folder, max_shard_bytes: Optional[int] = None) -> Path:
         size += nbytes
     meta = {"format": "pt"}
     if len(shards) == 1:
-        _atomic_save(save_file, shards[0], folder / SAFETENSORS_NAME, meta)
+        with atomic_path(folder / SAFETENSORS_NAME) as tmp:
+            save_file(shards[0], str(tmp), metadata=meta)
+        written = {SAFETENSORS_NAME}
     else:
         weight_map = {}
         for i, shard in enumerate(shards, 1):
             name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            _atomic_save(save_file, shard, folder / name, meta)
+            with atomic_path(folder / name) as tmp:
+                save_file(shard, str(tmp), metadata=meta)
             weight_map.update({k: name for k in shard})
-        from .io_utils import atomic_write_json
-
         total = sum(v.numel() * v.element_size() for v in state.values())
         atomic_write_json(folder / SAFETENSORS_INDEX_NAME, {"metadata": {"total_size": total},
                                                             "weight_map": dict(sorted(weight_map.items()))})
+        written = {*weight_map.values(), SAFETENSORS_INDEX_NAME}
+    _remove_stale_weights(folder, written)
     model.config.save(folder)
     from . import weights
 
@@ -222,14 +204,11 @@ def save_model(model, folder, max_shard_bytes: Optional[int] = None) -> Path:
     return folder
 
 
-def _atomic_save(save_file, tensors, path: Path, meta) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        from .io_utils import _umask
-
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _remove_stale_weights(folder: Path, written: set) -> None:
+    """Delete model.safetensors, the index and model-*-of-*.safetensors shards not in `written`."""
+    for path in folder.iterdir():
+        name = path.name
+        stale = name in (SAFETENSORS_NAME, SAFETENSORS_INDEX_NAME) or SHARD_NAME.fullmatch(name)
+        if stale and name not in written and path.is_file():
+            path.unlink()
+            logger.info("removed %s of an earlier save", path)

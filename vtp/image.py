@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import uuid
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .io_utils import atomic_path
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -274,9 +275,9 @@ def to_uint8(x_normalized: torch.Tensor) -> np.ndarray:
 def save_png(x_normalized: torch.Tensor, path: PathLike) -> Path:
     """Write one normalised image ([3, H, W] or [1, 3, H, W]) to ``path`` as an 8-bit RGB PNG.
 
-    Pixels are :func:`to_uint8` (truncation). The parent folder is created; the file is written to
-    a temporary file in the same folder and moved into place with ``os.replace``, so a reader never
-    sees a half-written PNG. Returns the path.
+    Pixels are :func:`to_uint8` (truncation). The parent folder is created; the file is written
+    atomically (:func:`vtp.io_utils.atomic_path`: a temporary file in the same folder, moved into place
+    with ``os.replace``), so a reader never sees a half-written PNG. Returns the path.
 
     Raises:
         ValueError: for any other shape (e.g. a batch of more than one image).
@@ -291,21 +292,8 @@ def save_png(x_normalized: torch.Tensor, path: PathLike) -> Path:
         )
     pixels = to_uint8(x_normalized)
     path = Path(os.fspath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # open(..., "xb") rather than mkstemp: the file gets the umask's permissions, not 0600.
-    tmp_name = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp_name, "xb") as f:
-            Image.fromarray(pixels).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
     return path
 
 

@@ -16,7 +16,9 @@ which records every file's size and sha256 (schema ``vtp-weights-manifest/1``)::
 
 ``files`` lists every file of the folder, sorted by path (relative, POSIX separators), except
 ``manifest.json`` itself and hidden files and folders (``.cache/`` from huggingface_hub, the
-verification stamp below).
+verification stamp below). Verification fails when a listed file is missing or differs, and when the
+folder holds a weights file (``*.safetensors``, ``*.bin``, ``model.safetensors.index.json``) the manifest
+does not list: the loader could read it instead of the verified ones.
 
 Hashing gigabytes at every model load is slow, so a successful sha256 check leaves a stamp,
 ``.manifest_verified.json`` (schema ``vtp-weights-stamp/1``): the sha256 of the manifest and, per
@@ -41,7 +43,6 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -49,9 +50,21 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+from .io_utils import atomic_write_bytes
+from .layout import (
+    BIN_NAME,
+    CONFIG_NAME,
+    SAFETENSORS_INDEX_NAME,
+    SAFETENSORS_NAME,
+    find_weights,
+    is_weight_file,
+    missing_files,
+)
+
 __all__ = [
     "KNOWN_MODELS",
     "MANIFEST_NAME",
+    "ManifestError",
     "STAMP_NAME",
     "WeightsError",
     "download",
@@ -75,10 +88,10 @@ MANIFEST_SCHEMA = "vtp-weights-manifest/1"
 STAMP_NAME = ".manifest_verified.json"
 STAMP_SCHEMA = "vtp-weights-stamp/1"
 
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = SAFETENSORS_NAME
+INDEX_NAME = SAFETENSORS_INDEX_NAME
 # What the kit reads from a model repository; everything else there is left on the hub.
-ALLOW_PATTERNS = ["config.json", WEIGHTS_NAME, INDEX_NAME, "model-*.safetensors", "README.md", "figures/*"]
+ALLOW_PATTERNS = [CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME, "model-*.safetensors", "README.md", "figures/*"]
 
 DEFAULT_ROOT = Path("weights")
 SOURCES = ("modelscope", "huggingface")
@@ -105,8 +118,13 @@ class WeightsError(RuntimeError):
         self.problems = list(problems or [])
 
 
+class ManifestError(WeightsError):
+    """manifest.json itself is malformed (not JSON, wrong schema, bad entries): a usage problem, not a
+    verification failure."""
+
+
 # ----------------------------------------------------------------------------------------------
-# Hashing, listing, atomic writes
+# Hashing, listing
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -151,22 +169,6 @@ def _payload_files(folder: Path) -> list[str]:
             if rel != MANIFEST_NAME:
                 found.append(rel)
     return sorted(found)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file beside ``path``, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _json_bytes(obj: dict) -> bytes:
@@ -225,22 +227,22 @@ def write_manifest(folder: str | os.PathLike, model: str | None = None, source: 
     }
     data = _json_bytes(manifest)
     path = folder / MANIFEST_NAME
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)
     log.info("wrote %s (%d files)", path, len(entries))
     _write_stamp(folder, hashlib.sha256(data).hexdigest(), stamp_files)
     return path
 
 
 def _load_manifest(folder: Path) -> tuple[dict, str] | None:
-    """(manifest, sha256 of its bytes), None when there is none; WeightsError when it is malformed."""
+    """(manifest, sha256 of its bytes), None when there is none; ManifestError when it is malformed."""
     path = folder / MANIFEST_NAME
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
 
-    def bad(reason: str) -> WeightsError:
-        return WeightsError(
+    def bad(reason: str) -> ManifestError:
+        return ManifestError(
             f"{path} is not a valid weights manifest ({reason}); delete it and record a new one with "
             f"`python -m vtp.weights verify {folder} --write-manifest`",
             folder=folder,
@@ -289,7 +291,7 @@ def _read_stamp(folder: Path, manifest_sha256: str) -> dict[str, list[int]]:
 def _write_stamp(folder: Path, manifest_sha256: str, files: dict[str, list[int]]) -> None:
     stamp = {"schema": STAMP_SCHEMA, "manifest_sha256": manifest_sha256, "files": files}
     try:
-        _atomic_write(folder / STAMP_NAME, _json_bytes(stamp))
+        atomic_write_bytes(folder / STAMP_NAME, _json_bytes(stamp))
     except OSError as e:  # a read-only folder still verifies; it just cannot skip hashing next time
         log.warning("cannot write %s (%s); every load will hash the weights again", folder / STAMP_NAME, e)
 
@@ -303,7 +305,8 @@ def verify_manifest(folder: str | os.PathLike, full: bool | str = True) -> dict 
     """Check the files of ``folder`` against its manifest.json.
 
     Returns None when the folder has no manifest. Otherwise every listed file must exist with the
-    listed size, and its sha256 must match when it is hashed:
+    listed size, its sha256 must match when it is hashed, and every weights file of the folder
+    (:func:`vtp.layout.is_weight_file`, hidden ones aside) must be listed:
 
     - ``full=True``: hash every file (what ``python -m vtp.weights verify`` does);
     - ``full="auto"``: hash only the files whose [size, mtime_ns, inode] differ from the stamp a
@@ -312,7 +315,8 @@ def verify_manifest(folder: str | os.PathLike, full: bool | str = True) -> dict 
 
     A check that hashed files and passed (re)writes the stamp; a failed check removes it.
     Raises WeightsError naming the folder and every bad file (missing, size or sha256 differs, with
-    expected and actual values), FileNotFoundError when the folder does not exist.
+    expected and actual values; a weights file not listed), ManifestError when manifest.json is
+    malformed, FileNotFoundError when the folder does not exist.
     Returns ``{"verified": "sha256" | "stat", "files": n, "hashed": k, "manifest_sha256": hex}``:
     "sha256" when this call hashed files (k of them), "stat" when sizes and stamp sufficed.
     """
@@ -326,6 +330,9 @@ def verify_manifest(folder: str | os.PathLike, full: bool | str = True) -> dict 
         return None
     manifest, manifest_sha256 = loaded
     stamp = _read_stamp(folder, manifest_sha256) if full == "auto" else {}
+
+    listed = {entry["path"] for entry in manifest["files"]}
+    unlisted = [rel for rel in _payload_files(folder) if is_weight_file(rel) and rel not in listed]
 
     problems: list[str] = []
     new_stamp: dict[str, list[int]] = {}
@@ -351,18 +358,9 @@ def verify_manifest(folder: str | os.PathLike, full: bool | str = True) -> dict 
         elif key is not None:
             new_stamp[rel] = key
 
-    if problems:
+    if problems or unlisted:
         _remove_stamp(folder)
-        name = manifest.get("model") or folder.name
-        hint = f"python -m vtp.weights download {name} --dest {folder}" if name in KNOWN_MODELS else "download it again"
-        raise WeightsError(
-            f"{folder}: {len(problems)} of {len(manifest['files'])} files do not match {MANIFEST_NAME}:\n"
-            + "".join(f"  {p}\n" for p in problems)
-            + f"Fetch the files again ({hint}); if you changed them on purpose, delete {folder / MANIFEST_NAME} "
-            f"and record a new one: python -m vtp.weights verify {folder} --write-manifest",
-            folder=folder,
-            problems=problems,
-        )
+        raise _mismatch(folder, manifest, problems, unlisted)
     if hashed:
         _write_stamp(folder, manifest_sha256, new_stamp)
     return {
@@ -373,50 +371,93 @@ def verify_manifest(folder: str | os.PathLike, full: bool | str = True) -> dict 
     }
 
 
-def weights_identity(folder: str | os.PathLike) -> dict:
-    """What identifies the weights in ``folder``: ``{"path", "sha256", "manifest"}``.
+def _mismatch(folder: Path, manifest: dict, bad: list[str], unlisted: list[str]) -> WeightsError:
+    """The WeightsError of a failed check: every problem, one line each, and what to do."""
+    summary, todo = [], []
+    if bad:
+        name = manifest.get("model") or folder.name
+        hint = f"python -m vtp.weights download {name} --dest {folder}" if name in KNOWN_MODELS else "download it again"
+        summary.append(f"{len(bad)} of {len(manifest['files'])} files do not match {MANIFEST_NAME}")
+        todo.append(f"Fetch the files again ({hint}).")
+    if unlisted:
+        summary.append(f"{len(unlisted)} weights file(s) not listed in {MANIFEST_NAME}")
+        todo.append(
+            f"Remove the unlisted weights file(s): the loader could read them instead of the verified ones "
+            f"(it takes {WEIGHTS_NAME} first, then {INDEX_NAME} and its shards, then {BIN_NAME})."
+        )
+    problems = bad + [f"{rel}: not listed in {MANIFEST_NAME} (a weights file the manifest does not vouch for)"
+                      for rel in unlisted]
+    return WeightsError(
+        f"{folder}: {'; '.join(summary)}:\n"
+        + "".join(f"  {p}\n" for p in problems)
+        + " ".join(todo)
+        + f" If you changed the folder on purpose, delete {folder / MANIFEST_NAME} and record a new one: "
+        f"python -m vtp.weights verify {folder} --write-manifest",
+        folder=folder,
+        problems=problems,
+    )
 
-    ``sha256`` is that of model.safetensors, taken from the manifest when it lists the file
-    (``manifest`` True; the manifest is trusted, so call verify_manifest first) and computed
-    otherwise. A sharded checkpoint has no single file: its sha256 is then that of the text
-    ``"<shard sha256>  <shard path>\\n"`` over its shards in path order (sha256sum's format).
+
+def weights_identity(folder: str | os.PathLike, files: list[str] | None = None) -> dict:
+    """What identifies the weights read from ``folder``: ``{"path", "files", "sha256", "manifest"}``.
+
+    ``files`` are the weight files the loader read (``model.checkpoint_files``: paths inside ``folder``,
+    absolute, relative to the working directory or to ``folder``); None means those
+    :func:`vtp.layout.find_weights` picks, the loader's own rule. The result describes exactly them:
+
+    - ``path``: the folder, absolute;
+    - ``files``: their names relative to the folder (POSIX), in path order;
+    - ``sha256``: that of the file when there is one; for several, that of the text
+      ``"<sha256>  <name>\\n"`` over the files in path order (sha256sum's format);
+    - ``manifest``: True when manifest.json lists every one of them with the sha256 they have.
+
+    A listed file's sha256 is taken from the manifest when the verification stamp vouches for it as it
+    is now (its [size, mtime_ns, inode] unchanged since a successful verify_manifest); every other file
+    is hashed. Raises FileNotFoundError (folder or file missing), ValueError (a file outside the folder),
+    CheckpointError (``files`` None and no complete weights), ManifestError (malformed manifest.json).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"weights folder not found: {folder}")
+    paths = find_weights(folder)[1] if files is None else files
+    names = sorted({_name_in_folder(folder, p) for p in paths})
+    if not names:
+        raise ValueError(f"weights_identity of {folder}: the list of files is empty")
+
+    listed: dict[str, str] = {}
+    vouched: dict[str, list[int]] = {}
     loaded = _load_manifest(folder)
     if loaded is not None:
-        listed = {e["path"]: e["sha256"] for e in loaded[0]["files"]}
-        shards = sorted(p for p in listed if p.endswith(".safetensors") and "/" not in p)
-        if WEIGHTS_NAME in listed:
-            return {"path": str(folder.resolve()), "sha256": listed[WEIGHTS_NAME], "manifest": True}
-        if shards:
-            return {"path": str(folder.resolve()), "sha256": _combined(shards, listed), "manifest": True}
-    if (folder / WEIGHTS_NAME).is_file():
-        return {"path": str(folder.resolve()), "sha256": sha256_file(folder / WEIGHTS_NAME), "manifest": False}
-    shards = sorted(p.name for p in folder.glob("*.safetensors") if p.is_file())
-    if not shards:
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} (nor safetensors shards) in {folder}")
-    digests = {s: sha256_file(folder / s) for s in shards}
-    return {"path": str(folder.resolve()), "sha256": _combined(shards, digests), "manifest": False}
+        listed = {entry["path"]: entry["sha256"] for entry in loaded[0]["files"]}
+        vouched = _read_stamp(folder, loaded[1])
+    digests = {}
+    for name in names:
+        key = _stat_key(os.stat(folder / name))  # FileNotFoundError names the file
+        if name in listed and vouched.get(name) == key:
+            digests[name] = listed[name]
+        else:
+            digests[name] = sha256_file(folder / name)
+    sha256 = digests[names[0]] if len(names) == 1 else _combined(names, digests)
+    return {
+        "path": str(folder.resolve()),
+        "files": names,
+        "sha256": sha256,
+        "manifest": all(listed.get(name) == digests[name] for name in names),
+    }
 
 
-def _combined(shards: list[str], digests: dict[str, str]) -> str:
-    return hashlib.sha256("".join(f"{digests[s]}  {s}\n" for s in shards).encode()).hexdigest()
+def _name_in_folder(folder: Path, file: str | os.PathLike) -> str:
+    """``file``'s POSIX path relative to ``folder``; symbolic links are not followed (hub caches use them)."""
+    root = os.path.abspath(folder)
+    for candidate in (file, os.path.join(folder, file)):  # as given, then relative to the folder
+        rel = os.path.relpath(os.path.abspath(candidate), root)
+        if rel != os.curdir and Path(rel).parts[0] != os.pardir:
+            return Path(rel).as_posix()
+    raise ValueError(f"weights file {file} is not inside {folder}")
 
 
-def _missing_kit_files(folder: Path) -> list[str]:
-    """The files the kit needs that ``folder`` lacks: config.json and the weights (single or sharded)."""
-    missing = [] if (folder / "config.json").is_file() else ["config.json"]
-    if (folder / WEIGHTS_NAME).is_file():
-        return missing
-    if not (folder / INDEX_NAME).is_file():
-        return missing + [WEIGHTS_NAME]
-    try:
-        shards = sorted(set(json.loads((folder / INDEX_NAME).read_text("utf-8"))["weight_map"].values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return missing + [f"{INDEX_NAME} (unreadable: {e})"]
-    return missing + [s for s in shards if not (folder / s).is_file()]
+def _combined(names: list[str], digests: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{digests[n]}  {n}\n" for n in names).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -444,7 +485,7 @@ def manual_instructions(model: str, dest: str | os.PathLike) -> str:
         f"To place the files by hand, download them on a machine with network access from\n{pages}"
         f"and copy them into this layout:\n"
         f"  {dest}/config.json\n"
-        f"  {dest}/{WEIGHTS_NAME}   (or {INDEX_NAME} and its model-*.safetensors shards)\n"
+        f"  {dest}/{WEIGHTS_NAME}   (or {INDEX_NAME} and its model-*.safetensors shards, or {BIN_NAME})\n"
         f"  {dest}/README.md           (optional)\n"
         f"then record the manifest:\n"
         f"  python -m vtp.weights verify {dest} --write-manifest"
@@ -623,7 +664,7 @@ def download(
                 log.warning("%s failed after %.1f s: %s", src, time.perf_counter() - t0, _one_line(e))
                 failures.append(f"{src}: {_one_line(e)}")
                 continue
-        missing = _missing_kit_files(dest)
+        missing = missing_files(dest)
         if missing:
             failures.append(f"{src}: downloaded, but {dest} lacks {', '.join(missing)}")
             continue
@@ -653,7 +694,8 @@ examples:
   python -m vtp.weights verify weights/VTP-Small-f16d64 --write-manifest   # files placed by hand
   python -m vtp.weights list
 
-exit status: 0 ok, 1 verification failed, 2 usage or environment error (no network, no hub client)
+exit status: 0 ok, 1 verification failed, 2 usage or environment error (no network, no hub client,
+a malformed manifest.json, a file that cannot be read)
 """
 
 
@@ -747,7 +789,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 f"record one with: python -m vtp.weights verify {folder} --write-manifest"
             )
             return 2
-        missing = _missing_kit_files(folder)
+        missing = missing_files(folder)
         if missing:
             name = _canonical_model(folder.resolve().name)
             layout = manual_instructions(name, folder) if name else ""
@@ -755,19 +797,25 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             return 2
         try:
             path = write_manifest(folder)
+            files = json.loads(path.read_bytes())["files"]
         except (WeightsError, OSError) as e:
             _fail(e)
             return 2
-        files = json.loads(path.read_bytes())["files"]
         print(f"wrote {path}: {len(files)} files ({_fmt_bytes(sum(f['size'] for f in files))})")
         return 0
     if args.write_manifest:
         log.info("%s exists; verifying against it (delete it to record a new one)", folder / MANIFEST_NAME)
     try:
         summary = verify_manifest(folder, full=True)
+    except ManifestError as e:  # the manifest itself is unusable: nothing was verified
+        _fail(e)
+        return 2
     except WeightsError as e:
         _fail(e)
         return 1
+    except OSError as e:
+        _fail(f"cannot verify {folder}: {_one_line(e)}")
+        return 2
     print(f"ok: {folder}: {summary['files']} files match {MANIFEST_NAME} (sha256)")
     return 0
 
@@ -779,7 +827,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             present = "no"
         else:
-            present = "partial" if _missing_kit_files(folder) else "yes"
+            present = "partial" if missing_files(folder) else "yes"
         manifest = "yes" if (folder / MANIFEST_NAME).is_file() else "no"
         rows.append((name, present, manifest, folder.as_posix()))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
