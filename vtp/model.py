@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -200,9 +201,7 @@ class VTPModel(nn.Module):
         if isinstance(text, str) or (isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)):
             if isinstance(text, (list, tuple)) and len(text) == 0:
                 raise ValueError("empty prompt list: give at least one text")
-            from .tokenizers import get_tokenizer
-
-            text = get_tokenizer(context_length=self.config.text_context_length)(text)
+            text = _tokenizer(self.config.text_context_length)(text)
             return text.to(self.token_embedding.weight.device)
         if not isinstance(text, torch.Tensor):
             raise TypeError(f"text must be token ids (B, {self.config.text_context_length}) or a list of strings, "
@@ -335,6 +334,14 @@ class VTPModel(nn.Module):
         if forward_type == "feature":
             return self.get_last_layer_feature(image, use_bottleneck=True)
         raise ValueError(f"forward_type={forward_type!r} is not one of {', '.join(FORWARD_TYPES)}")
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(context_length: int):
+    """The CLIP tokenizer for string prompts, built once per context length (a build costs ~20 ms)."""
+    from .tokenizers import get_tokenizer
+
+    return get_tokenizer(context_length=context_length)
 
 
 def _on_meta(module: nn.Module) -> bool:
