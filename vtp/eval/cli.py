@@ -140,6 +140,8 @@ def run(args, model=None, identity=None) -> int:
         templates = _read_lines(args.templates, "--templates")
         if not templates or any("{}" not in t for t in templates):
             raise UsageError(f"--templates {args.templates}: every line must contain {{}} for the class name")
+    if args.task == "zero-shot":
+        names, source = zero_shot.resolve_classnames(data, args.classnames)
 
     r = open_run(args.device, args.precision, args.fusion, args.weights, args.require_weights, model, identity)
     size = args.image_size or r.model.config.image_size
@@ -147,7 +149,6 @@ def run(args, model=None, identity=None) -> int:
     t0 = time.perf_counter()
     if args.task == "zero-shot":
         data.size = size
-        names, source = zero_shot.resolve_classnames(data, args.classnames)
         truncate = not args.exact_text
         classifier = zero_shot.build_classifier(r, names, templates, truncate=truncate)
         out = zero_shot.evaluate(r, data, classifier, args.batch_size or 64, args.workers, args.limit)
