@@ -486,25 +486,27 @@ def _looks_like_file(text: str) -> bool:
 
 
 def _from_tokens(tokens: Iterable[str], where: str) -> List[FusionRule]:
-    chosen: List[str] = []
-    bad = []
-    for raw in tokens:
-        token = raw.strip()
-        if not token or token == "none":
-            continue
-        if token == "all":
-            chosen.extend(n for n in RULE_NAMES if n not in chosen)
-            continue
-        drop = token.startswith("-")
-        name = token[1:] if drop else token
-        if name not in RULES:
-            bad.append(name)
-        elif drop:
-            chosen = [n for n in chosen if n != name]
-        elif name not in chosen:
-            chosen.append(name)
+    """Rules of a comma list: names to apply, or only names to leave out ("-gelu": all but gelu), with
+    "all" and "none" as starting points; names to apply and to leave out in one list are refused."""
+    items = [t.strip() for t in tokens if t.strip()]
+    drops = [t[1:].strip() for t in items if t.startswith("-")]
+    keeps = [t for t in items if not t.startswith("-") and t not in ("all", "none")]
+    bad = [n for n in drops + keeps if n not in RULES]
     if bad:
         raise _unknown(bad, where)
+    if drops and keeps:
+        raise ValueError(f"{where}: names rules to apply ({', '.join(keeps)}) and rules to leave out "
+                         f"({', '.join('-' + n for n in drops)}); use one form: 'gelu,layernorm' applies only "
+                         "those, '-gelu,-rope' applies all but those")
+    if drops and "none" in items:
+        raise ValueError(f"{where}: 'none' with rules to leave out ({', '.join('-' + n for n in drops)}) leaves "
+                         "nothing to leave out; use '-gelu,...' alone for all but those rules, or 'none'")
+    if drops:  # only exclusions: start from every rule (with or without an explicit "all")
+        chosen = [n for n in RULE_NAMES if n not in drops]
+    elif "all" in items:
+        chosen = list(RULE_NAMES)
+    else:
+        chosen = keeps
     return [RULES[n] for n in RULE_NAMES if n in chosen]
 
 
@@ -557,10 +559,18 @@ def load_fusion_config(path: Union[str, os.PathLike]) -> List[FusionRule]:
 def parse_fusion_spec(spec=None) -> List[FusionRule]:
     """The enabled rules, in the canonical order, from a fusion spec.
 
-    ``spec``: None or "all" (every rule), "none" or "" (no rule), a comma list such as
-    "gelu,layernorm" or "all,-gelu", a list of names or :class:`FusionRule` objects, a path to a YAML
-    file (``rules: {gelu: true, rmsnorm: {enabled: true, pattern: "trunk.*"}}``) or the same as a
-    mapping / omegaconf DictConfig. Unknown rule names raise ValueError listing the known ones.
+    ``spec`` is one of:
+
+    - None or "all": every rule; "none" or "": no rule;
+    - a comma list of rules to apply, "gelu,layernorm" (only those);
+    - a comma list of rules to leave out, each with a leading "-": "-gelu,-rope" is every rule but gelu
+      and rope ("all,-gelu,-rope" says the same);
+    - a list of names or :class:`FusionRule` objects (the same forms, one item each);
+    - a path to a YAML file (``rules: {gelu: true, rmsnorm: {enabled: true, pattern: "trunk.*"}}``), or the
+      same as a mapping / omegaconf DictConfig.
+
+    Raises ValueError for an unknown rule name (listing the known ones) and for a list that names rules
+    both to apply and to leave out ("gelu,-rope": its meaning is unclear).
     """
     if spec is None:
         return [RULES[n] for n in RULE_NAMES]
