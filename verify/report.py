@@ -3,13 +3,17 @@
     python -m verify.report verify_out/20250101-120000
     python -m verify.report verify_out/ci/accuracy_summary.json
 
-Reads the summary written by ``verify/accuracy_eval.py`` (schema ``vtp-accuracy-summary/1``): the
-candidate and the weights, one row per compared tensor (task, tensor, relative error, cosine, relative
-L2, verdict), the reasons of every failure, the timings, and the overall verdict. Only the
-``verify.verdict`` output shapes (``judge_task`` / ``overall_verdict``) and the ``verify.metrics``
-record (``vtp-compare/1``) are relied on; a field that is missing prints as ``-``.
+Reads the summary written by ``verify/accuracy_eval.py`` (schema ``vtp-accuracy-summary/N``, N = 1 or 2):
+the candidate and the weights, one row per compared tensor (task, tensor, relative error, cosine, relative
+L2, verdict), the reasons of every failure, the timings, and the overall verdict. A summary must have
+``schema``, ``verdict`` ("PASS" or "FAIL"), ``candidate`` (an object) and ``weights`` (an object with
+``kind``); one that lacks any of them is refused (exit 2) rather than printed with made-up values. Keys
+this report does not know (those of later schema versions) are ignored. Only the ``verify.verdict``
+output shapes (``judge_task`` / ``overall_verdict``) and the ``verify.metrics`` record (``vtp-compare/1``)
+are relied on; an optional field that is missing prints as ``-``.
 
-Exit status: 0 the summary says PASS; 1 it says FAIL; 2 it is missing, unreadable or of another schema.
+Exit status: 0 the summary says PASS; 1 it says FAIL; 2 it is missing, unreadable, of another schema or
+lacks a required field.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 SUMMARY_NAME = "accuracy_summary.json"
 SCHEMA_PREFIX = "vtp-accuracy-summary/"
 EXIT_PASS, EXIT_FAIL, EXIT_ENV = 0, 1, 2
+VERDICTS = ("PASS", "FAIL")
 
 
 class SummaryError(ValueError):
@@ -41,7 +46,32 @@ def load_summary(path: Path) -> dict:
     schema = data.get("schema") if isinstance(data, dict) else None
     if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
         raise SummaryError(f"{file}: schema {schema!r}, expected {SCHEMA_PREFIX}N: not an accuracy summary")
+    problems = missing_fields(data)
+    if problems:
+        raise SummaryError(f"{file}: not a complete accuracy summary ({schema}): {'; '.join(problems)}. It was "
+                           "written by an interrupted or older run, or by hand; run verify/accuracy_eval.py "
+                           "(or bash run_verify.sh) again to get a complete one")
     return data
+
+
+def missing_fields(summary: dict) -> list:
+    """What a summary lacks of the fields every schema version has, one phrase each ([] when complete)."""
+    missing, wrong = [], []
+    verdict = summary.get("verdict")
+    if verdict is None:
+        missing.append("verdict")
+    elif verdict not in VERDICTS:
+        wrong.append(f"'verdict' is {verdict!r}, expected one of {', '.join(VERDICTS)}")
+    for name in ("candidate", "weights"):
+        if summary.get(name) is None:
+            missing.append(name)
+        elif not isinstance(summary[name], dict):
+            wrong.append(f"{name!r} is not an object")
+    weights = summary.get("weights")
+    if isinstance(weights, dict) and not weights.get("kind"):
+        missing.append("weights.kind")
+    head = [f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"] if missing else []
+    return head + wrong
 
 
 def _num(value) -> str:
@@ -75,19 +105,31 @@ def verdict_of(summary: dict) -> str:
     return str(overall.get("verdict") or summary.get("verdict") or "UNKNOWN")
 
 
+def weights_line(weights: dict) -> str:
+    """One line on the weights, from what the summary records and nothing else."""
+    kind = weights.get("kind")
+    files = ""
+    if weights.get("path"):
+        sha = f"sha256 {str(weights['sha256'])[:16]}..., " if weights.get("sha256") else ""
+        files = f"{weights['path']} ({sha}{'manifest-verified' if weights.get('manifest') else 'no manifest'})"
+    if kind == "checkpoint":
+        return f"weights: {files or 'checkpoint (path not recorded)'}"
+    if kind == "synthetic" or weights.get("synthetic"):
+        made = weights.get("source") or weights.get("preset")
+        where = "; ".join(x for x in (made, f"saved in {files}" if files else "") if x)
+        return (f"weights: SYNTHETIC{f' ({where})' if where else ''}: the numbers measure the computation, not "
+                "the published model")
+    return "weights: not recorded" if not kind else f"weights: {kind} {files}".rstrip()
+
+
 def report_lines(summary: dict, source: str = "") -> list:
-    candidate = summary.get("candidate") or {}
-    weights = summary.get("weights") or {}
-    lines = [f"VTP verification report{f' ({source})' if source else ''}, created {summary.get('created', '?')}"]
-    lines.append(f"candidate: {candidate.get('device', '?')} {candidate.get('precision', '?')} "
-                 f"fusion={candidate.get('fusion', '?')}; reference: cpu fp32 unfused")
-    if weights.get("kind") == "checkpoint":
-        sha = str(weights.get("sha256") or "?")[:16]
-        lines.append(f"weights: {weights.get('path')} (sha256 {sha}..., "
-                     f"{'manifest-verified' if weights.get('manifest') else 'no manifest'})")
-    else:
-        lines.append(f"weights: SYNTHETIC ({weights.get('source') or weights.get('preset') or '?'}): the numbers "
-                     "measure the computation, not the published model")
+    """The verdict table; keys it does not know are ignored, missing optional ones print as '-'."""
+    candidate = summary.get("candidate") if isinstance(summary.get("candidate"), dict) else {}
+    weights = summary.get("weights") if isinstance(summary.get("weights"), dict) else {}
+    lines = [f"VTP verification report{f' ({source})' if source else ''}, created {summary.get('created', '-')}"]
+    lines.append(f"candidate: {candidate.get('device', '-')} {candidate.get('precision', '-')} "
+                 f"fusion={candidate.get('fusion', '-')}; reference: cpu fp32 unfused")
+    lines.append(weights_line(weights))
     if candidate.get("injected_fault"):
         lines.append(f"injected fault (harness self-test): {candidate['injected_fault']}")
     if candidate.get("note"):
@@ -97,9 +139,12 @@ def report_lines(summary: dict, source: str = "") -> list:
     head = (f"{'task':15s} {'tensor':22s} {'rel_err':>10s} {'cosine':>10s} {'rel_l2':>10s} {'max_abs':>10s} "
             f"{'fusions':>10s} {'device':>10s}  verdict")
     lines += [head, "-" * len(head)]
-    tasks = summary.get("tasks") or {}
+    tasks = summary.get("tasks") if isinstance(summary.get("tasks"), dict) else {}
     for task, verdict in tasks.items():
-        for judged in (verdict or {}).get("tensors") or []:
+        tensors = verdict.get("tensors") if isinstance(verdict, dict) else None
+        for judged in tensors if isinstance(tensors, list) else []:
+            if not isinstance(judged, dict):
+                continue
             m = _metrics(judged)
             record = judged.get("metrics") if isinstance(judged.get("metrics"), dict) else {}
             att = record.get("attribution") if isinstance(record.get("attribution"), dict) else {}
@@ -111,11 +156,13 @@ def report_lines(summary: dict, source: str = "") -> list:
     if not tasks:
         lines.append("(no task was compared)")
 
-    timings = summary.get("timings") or {}
-    timing = timings.get("tasks") or {}
+    timings = summary.get("timings") if isinstance(summary.get("timings"), dict) else {}
+    timing = timings.get("tasks") if isinstance(timings.get("tasks"), dict) else {}
     if timing:
         lines.append(f"timing (batch {timings.get('batch', '?')}, {timings.get('size', '?')} px):")
         for name, t in timing.items():
+            if not isinstance(t, dict):
+                continue
             lines.append(f"  {name:22s} first {_ms(t.get('first_call_ms')):>9s} ms  median {_ms(t.get('median_ms')):>9s}"
                          f" ms  p90 {_ms(t.get('p90_ms')):>9s} ms  min {_ms(t.get('min_ms')):>9s} ms  (n={t.get('n', '?')})")
     if isinstance(timings.get("load_in_process_s"), (int, float)):
