@@ -620,7 +620,9 @@ def download(
 
     ``source`` is "modelscope", "huggingface" or "auto" (ModelScope, then Hugging Face, each if
     installed). ``endpoint`` is a Hugging Face endpoint or mirror (sets HF_ENDPOINT for the call).
-    Raises WeightsError, with the pip command or the manual-placement steps, on any failure.
+    Raises WeightsError, with the pip command or the manual-placement steps, on any failure; a failed or
+    interrupted download first removes what it created (``dest`` and the folders above it that it made,
+    or, in a ``dest`` that existed before, the entries it added), so ``list`` does not show it as partial.
     """
     name = _canonical_model(model)
     if name is None:
@@ -634,6 +636,50 @@ def download(
     endpoint = endpoint.rstrip("/") if endpoint else None
     dest = Path(dest) if dest is not None else DEFAULT_ROOT / name
     order = SOURCES if source == "auto" else (source,)
+    undo = _Undo(dest)
+    try:
+        return _download(name, dest, source, order, endpoint)
+    except BaseException:
+        undo()
+        raise
+
+
+class _Undo:
+    """Remembers what existed at ``dest`` before a download, to remove only what the download adds."""
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        # the topmost folder of dest's path that does not exist yet: removing it removes all that mkdir made
+        self.created_root = None
+        for folder in (dest, *dest.parents):
+            if folder.exists():
+                break
+            self.created_root = folder
+        self.entries = set(os.listdir(dest)) if self.created_root is None and dest.is_dir() else None
+
+    def __call__(self) -> None:
+        import shutil
+
+        if self.created_root is not None:
+            if self.created_root.exists():
+                shutil.rmtree(self.created_root, ignore_errors=True)
+                log.info("removed %s, created by the failed download", self.created_root)
+            return
+        if self.entries is None or not self.dest.is_dir():
+            return
+        added = sorted(set(os.listdir(self.dest)) - self.entries)
+        for entry in added:
+            path = self.dest / entry
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        if added:
+            log.info("removed %s from %s, added by the failed download", ", ".join(added), self.dest)
+
+
+def _download(name: str, dest: Path, source: str, order: tuple, endpoint: str | None) -> Path:
 
     failures: list[str] = []
     missing_libraries = 0
