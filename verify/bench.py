@@ -24,6 +24,8 @@ logger = logging.getLogger("verify.bench")
 PRESET = "VTP-Small-f16d64"
 LOAD_BUDGET_S = 1.0
 RSS_BUDGET_RATIO = 1.3
+PROMPTS = ("a diagram", "a dog", "a cat", "a person")
+
 
 def make_synthetic_checkpoint(folder: Path, preset: str = PRESET) -> Path:
     from vtp import VTPModel
@@ -76,36 +78,49 @@ def bench_tasks(weights: Path, iters: int, warmup: int, size: int) -> dict:
 
     model = VTPModel.from_pretrained(weights)
     image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    text = get_tokenizer()(["a diagram", "a dog", "a cat", "a person"])
-    tasks = {
-        "reconstruction": lambda: model.get_latents_decoded_images(model.get_reconstruction_latents(image)),
-        "clip_image": lambda: model.get_clip_image_feature(image),
-        "clip_text": lambda: model.get_clip_text_feature(text),
-        "ssl": lambda: model.get_last_layer_feature(image),
+    text = get_tokenizer(context_length=model.config.text_context_length)(list(PROMPTS))
+    tasks = {  # name: (call, batch of one call, what the batch holds)
+        "reconstruction": (lambda: model.get_latents_decoded_images(model.get_reconstruction_latents(image)),
+                           1, "images"),
+        "clip_image": (lambda: model.get_clip_image_feature(image), 1, "images"),
+        "clip_text": (lambda: model.get_clip_text_feature(text), len(PROMPTS), "prompts"),
+        "ssl": (lambda: model.get_last_layer_feature(image), 1, "images"),
     }
     results = {}
-    print(f"per-task CPU fp32 latency, batch 1, {size}x{size}, {torch.get_num_threads()} threads, "
+    print(f"per-task CPU fp32 latency per call, images {size}x{size}, {torch.get_num_threads()} threads, "
           f"{warmup} warm-up + {iters} timed")
     with torch.no_grad():
-        for name, fn in tasks.items():
-            results[name] = r = time_call(fn, lambda: None, warmup=warmup, iters=iters)  # CPU: nothing to sync
-            print(f"  {name:15s} median {r['median_ms']:8.1f} ms   p90 {r['p90_ms']:8.1f} ms   min {r['min_ms']:8.1f} ms")
+        for name, (fn, batch, unit) in tasks.items():
+            r = time_call(fn, lambda: None, warmup=warmup, iters=iters)  # CPU: nothing to sync
+            results[name] = {**r, "batch": batch, "batch_of": unit}
+            label = f"{batch} {unit[:-1] if batch == 1 else unit}"
+            print(f"  {name:15s} {label:>9s}  median {r['median_ms']:8.1f} ms   p90 {r['p90_ms']:8.1f} ms   "
+                  f"min {r['min_ms']:8.1f} ms")
     return results
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m verify.bench", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  python -m verify.bench load --weights weights/VTP-Small-f16d64 --repeats 5\n"
                "  python -m verify.bench all --json bench.json")
-    parser.add_argument("what", choices=["load", "tasks", "all"], nargs="?", default="all")
+    parser.add_argument("what", choices=["load", "tasks", "all"], nargs="?", default="all",
+                        help="load: cold-process load time and peak RSS against the budgets; tasks: per-task CPU "
+                             "fp32 latency (reconstruction, CLIP image, CLIP text of 4 prompts, SSL); all: both "
+                             "(default all)")
     parser.add_argument("--weights", type=Path, help="checkpoint folder (default: a synthetic VTP-Small in a temp dir)")
     parser.add_argument("--repeats", type=int, default=5, help="cold processes per measurement (default 5)")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per task (default 10)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--size", type=int, default=256, help="image size for the task latencies")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed calls per task before the timed ones (default 2)")
+    parser.add_argument("--size", type=int, default=256, help="image size for the task latencies (default 256)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.weights is not None and not (args.weights / "config.json").is_file():
