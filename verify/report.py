@@ -163,8 +163,9 @@ def report_lines(summary: dict, source: str = "") -> list:
         for name, t in timing.items():
             if not isinstance(t, dict):
                 continue
-            lines.append(f"  {name:22s} first {_ms(t.get('first_call_ms')):>9s} ms  median {_ms(t.get('median_ms')):>9s}"
-                         f" ms  p90 {_ms(t.get('p90_ms')):>9s} ms  min {_ms(t.get('min_ms')):>9s} ms  (n={t.get('n', '?')})")
+            lines.append(f"  {name:22s} first {_ms(t.get('first_call_ms')):>9s} ms  "
+                         f"median {_ms(t.get('median_ms')):>9s} ms  p90 {_ms(t.get('p90_ms')):>9s} ms  "
+                         f"min {_ms(t.get('min_ms')):>9s} ms  (n={t.get('n', '?')})")
     if isinstance(timings.get("load_in_process_s"), (int, float)):
         lines.append(f"  load in process        {timings['load_in_process_s'] * 1e3:9.1f} ms")
     cold = timings.get("load_cold_process")
