@@ -1,0 +1,194 @@
+"""One rank of ``python -m verify.server``: init, collective check, certification, gather (under torchrun).
+
+Started by the launcher (``verify.server_launch``) or by hand on every node of a multi-node run as
+``torchrun ... -m verify.server --worker --out OUT -- <accuracy_eval options>``. The rank records each
+stage in OUT/rank<k>/status.json (atomically) before it starts it, with its pid, so that whoever
+assembles the summary knows where a rank that never answered stopped. SIGTERM / SIGINT (torchrun
+stopping the group, Ctrl-C) mark the status "terminated" and end the process at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from verify.server import RUN_ID_ENV, STATUS_NAME, SUMMARY_NAME, read_json, selected_ranks, split_passthrough
+from verify.server_summary import EXIT_ENV, EXIT_FAIL, build_summary, rank_result, server_report_lines
+
+logger = logging.getLogger("verify.server")
+
+
+class Status:
+    """This rank's status.json: every update rewrites the whole record atomically."""
+
+    def __init__(self, path: Path, **fields):
+        self.path, self.data = path, dict(fields, state="running", stage_seconds={})
+        self._stage_start = time.perf_counter()
+
+    def update(self, **fields) -> None:
+        from vtp.io_utils import atomic_write_json
+
+        if "stage" in fields and fields["stage"] != self.data.get("stage") and self.data.get("stage"):
+            self.data["stage_seconds"][self.data["stage"]] = round(time.perf_counter() - self._stage_start, 3)
+            self._stage_start = time.perf_counter()
+        self.data.update(fields)
+        try:
+            atomic_write_json(self.path, self.data)
+        except (OSError, ValueError) as exc:  # a status that cannot be written must not kill the rank
+            logger.error("cannot write %s: %s", self.path, exc)
+
+
+def _on_signal(status: Status):
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        status.update(state="terminated", error=f"received {name} in stage {status.data.get('stage')}")
+        logging.getLogger("verify.server").warning("rank %s: %s, stopping", status.data.get("rank"), name)
+        os._exit(128 + signum)
+    return handler
+
+
+def _accuracy_argv(passthrough: list, rank: int, device: str, rank_dir: Path) -> list:
+    """accuracy_eval's options for this rank: the user's, --inject-fault only where selected, ours last."""
+    _, fault, rest = split_passthrough(passthrough)
+    fault_ranks = selected_ranks("VTP_INJECT_FAULT_RANK")
+    argv = list(rest)
+    if fault and (not fault_ranks or rank in fault_ranks):
+        argv += ["--inject-fault", fault]
+    return argv + ["--quiet", "--out", str(rank_dir), "--device", device]
+
+
+def _supports(option: str) -> bool:
+    from verify import accuracy_eval
+
+    return option in getattr(accuracy_eval.build_parser(), "_option_string_actions", {})
+
+
+def certify(argv: list) -> int:
+    """accuracy_eval.main in this process; its exit code (argparse errors and crashes included)."""
+    from verify import accuracy_eval
+
+    if _supports("--save-outputs"):
+        argv = argv + ["--save-outputs"]
+    else:
+        logger.warning("this verify/accuracy_eval.py has no --save-outputs: no cross-card consistency")
+    try:
+        return accuracy_eval.main(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_ENV
+    except Exception:
+        logger.exception("the certification crashed")
+        return EXIT_FAIL
+
+
+def _selftest(rank: int, stage: str) -> None:
+    if stage == "init" and rank in selected_ranks("VTP_SELFTEST_INIT_FAIL_RANK"):
+        from ascend.device import DeviceError
+
+        raise DeviceError(f"self-test VTP_SELFTEST_INIT_FAIL_RANK: rank {rank} refuses to init")
+    if stage == "certification" and rank in selected_ranks("VTP_SELFTEST_CRASH_RANK"):
+        logger.warning("self-test VTP_SELFTEST_CRASH_RANK: rank %d kills itself (SIGKILL)", rank)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if stage == "certification" and rank in selected_ranks("VTP_SELFTEST_HANG_RANK"):
+        logger.warning("self-test VTP_SELFTEST_HANG_RANK: rank %d hangs", rank)
+        while True:
+            time.sleep(1)
+
+
+def worker_main(args, passthrough: list) -> int:
+    """Run one rank; 0 when it took part in the whole protocol (its verdict is in the files)."""
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+    out = Path(args.out or "verify_out/server")
+    rank_dir = out / f"rank{rank}"
+    run_id = args.run_id or os.environ.get(RUN_ID_ENV) or "manual"
+    status = Status(rank_dir / STATUS_NAME, run_id=run_id, rank=rank, local_rank=local_rank,
+                    world_size=world_size, host=socket.gethostname(), pid=os.getpid(), device=None)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_signal(status))
+    request, _, _ = split_passthrough(passthrough)
+    status.update(stage="init")
+
+    import torch.distributed as dist
+
+    from ascend.distributed import init_distributed, shutdown
+    from ascend.npu import prepare_environment
+
+    try:
+        prepare_environment()
+        _selftest(rank, "init")
+        ctx = init_distributed(request, timeout_s=args.collective_timeout)
+        # the gather waits for the slowest card's certification: its own group, bounded by --timeout
+        results_group = (dist.new_group(backend="gloo", timeout=timedelta(seconds=args.timeout))
+                         if ctx.initialized else None)
+    except Exception as exc:
+        logger.error("rank %d cannot init: %s: %s", rank, type(exc).__name__, exc)
+        status.update(state="error", exit_code=EXIT_ENV, error=f"cannot init: {type(exc).__name__}: {exc}")
+        return EXIT_ENV
+    status.update(stage="collectives", device=str(ctx.device), backend=ctx.backend)
+
+    from verify.collectives import format_table, run_check
+
+    try:
+        collectives = run_check(ctx)
+    except Exception as exc:
+        logger.error("collective check failed on rank %d: %s", rank, exc)
+        collectives = {"verdict": "ERROR", "values_ok": False, "suspect_ranks": [], "bandwidth": [],
+                       "reasons": [f"rank {rank}: {type(exc).__name__}: {exc}"]}
+    if ctx.is_main:
+        for line in format_table(collectives):
+            logger.info("%s", line)
+    status.update(stage="certification", collectives=collectives)
+
+    _selftest(rank, "certification")
+    if not args.collectives_only:
+        code = certify(_accuracy_argv(passthrough, rank, str(ctx.device), rank_dir))
+        result = rank_result(read_json(rank_dir / SUMMARY_NAME), code)
+        from verify.consistency import OUTPUTS_NAME, digest_file
+
+        outputs = rank_dir / OUTPUTS_NAME
+        digests = digest_file(outputs) if outputs.is_file() and code in (0, 1) else None
+        status.update(exit_code=code, result=result, digests=digests)
+    else:
+        status.update(exit_code=0, result={"verdict": "PASS", "failed_gates": [], "timings": {},
+                                           "note": "--collectives-only: no certification"})
+    status.update(stage="gather")
+
+    try:
+        if ctx.initialized:
+            gathered = [None] * world_size if ctx.is_main else None
+            dist.gather_object(status.data, gathered, dst=0, group=results_group)
+        else:
+            gathered = [status.data]
+    except Exception as exc:
+        logger.error("rank %d: the gather failed (%s): a peer died or hung; the launcher reports from the "
+                     "status files", rank, exc)
+        status.update(state="error", error=f"gather failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAIL
+    if ctx.is_main:
+        write_server_summary(out, {s["rank"]: s for s in gathered}, world_size, run_id, args)
+    status.update(stage="done", state="done")
+    shutdown(ctx)
+    return 0
+
+
+def write_server_summary(out: Path, statuses: dict, world_size: int, run_id: str, args) -> dict:
+    from vtp.io_utils import atomic_write_json
+
+    context = {"run_id": run_id, "command": " ".join(["python -m verify.server"] + sys.argv[1:]),
+               "timeout_s": args.timeout, "collective_timeout_s": args.collective_timeout,
+               "consistency_policy": args.consistency, "collectives_only": args.collectives_only,
+               "failures": {}, "launcher": None}
+    summary = build_summary(statuses, world_size, out, context)
+    atomic_write_json(out / SUMMARY_NAME, summary)
+    if os.environ.get(RUN_ID_ENV) != run_id:  # torchrun by hand: no launcher prints the table
+        print("\n".join(server_report_lines(summary)), flush=True)
+    return summary
