@@ -138,7 +138,10 @@ def test_save_and_load_formats(tmp_path, make_tiny, fmt):
         assert len(set(index["weight_map"].values())) > 1
         assert not (tmp_path / "model.safetensors").exists()
     loaded = VTPModel.from_pretrained(tmp_path)
-    assert loaded.weights_source == str(tmp_path) and not loaded.is_synthetic
+    if fmt == "bin":  # torch.save of a bare state dict carries no mark
+        assert loaded.weights_source == str(tmp_path) and not loaded.is_synthetic
+    else:  # save_pretrained marks synthetic weights as such (vtp_synthetic in the safetensors metadata)
+        assert loaded.weights_source == f"synthetic:custom:seed=5 from {tmp_path}" and loaded.is_synthetic
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     img = torch.randn(1, 3, 32, 32)

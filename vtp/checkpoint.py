@@ -22,13 +22,16 @@ from .layout import BIN_NAME, SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME, Checkpoi
 
 # the layout names and CheckpointError live in the torch-free vtp.layout; re-exported for existing imports
 __all__ = ["BIN_NAME", "SAFETENSORS_INDEX_NAME", "SAFETENSORS_NAME", "CheckpointError", "check_state_dict",
-           "find_weights", "load_model", "read_state_dict", "save_model"]
+           "SYNTHETIC_KEY", "find_weights", "load_model", "read_state_dict", "save_model", "synthetic_mark"]
 
 logger = logging.getLogger(__name__)
 
 # computed buffers: rebuilt at load, and checked against the file where the file has them
 COMPUTED_BUFFERS = ("trunk.rope_embed.periods", "pixel_decoder.rope_embed.periods")
 SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+# safetensors metadata entry that marks synthetic weights ("synthetic:<preset>:seed=<seed>"); loaders of the
+# official layout (transformers, the original VTP) read only "format" and ignore it
+SYNTHETIC_KEY = "vtp_synthetic"
 
 
 def read_state_dict(kind: str, files: List[Path]) -> Dict[str, torch.Tensor]:
@@ -64,6 +67,30 @@ def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read as safetensors ({size} bytes; {type(e).__name__}: {e}); the "
                               "file is truncated or corrupt: download it again or check it with "
                               "`python -m vtp.weights verify <folder>`") from None
+
+
+def synthetic_mark(folder: "str | Path") -> Optional[str]:
+    """The ``vtp_synthetic`` label of the weights the loader would read from ``folder`` (read from the
+    safetensors headers only), None for unmarked weights and for pytorch_model.bin. Raises CheckpointError
+    when the folder has no weights or a header cannot be read."""
+    return _synthetic_label(*find_weights(folder))
+
+
+def _synthetic_label(kind: str, files: List[Path]) -> Optional[str]:
+    from safetensors import SafetensorError, safe_open
+
+    if kind == "bin":
+        return None
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                label = (f.metadata() or {}).get(SYNTHETIC_KEY)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: cannot read the safetensors header ({type(e).__name__}: {e}); the file "
+                                  "is truncated or corrupt") from None
+        if label:
+            return label
+    return None
 
 
 def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor], where: str, config: VTPConfig) -> None:
@@ -129,7 +156,8 @@ def load_model(cls, path, *, device="cpu", dtype=torch.float32, verify: str = "a
     model.load_state_dict(state, strict=True, assign=True)
     model.reset_buffers()
     _check_rope_periods(model, state, where)
-    model.weights_source = str(folder)
+    model.synthetic_label = _synthetic_label(kind, files)
+    model.weights_source = f"{model.synthetic_label} from {folder}" if model.synthetic_label else str(folder)
     model.checkpoint_files = [str(f) for f in files]
     if str(device) != "cpu":
         model.to(device)
@@ -161,6 +189,9 @@ def save_model(model, folder, max_shard_bytes: Optional[int] = None) -> Path:
     """config.json + model.safetensors (or model-0000i-of-0000n.safetensors shards and an index when the
     payload exceeds `max_shard_bytes`), each written atomically.
 
+    Synthetic weights (``model.synthetic_label`` set) carry it as the ``vtp_synthetic`` entry of every
+    file's safetensors metadata (and of the index's "metadata"), so that they load as synthetic again.
+
     Safetensors weights of an earlier save that this one does not rewrite (a model.safetensors that would
     shadow new shards, an old index, shards of another count) are removed, so that the folder loads what
     was saved; a pytorch_model.bin is left alone (safetensors take precedence over it).
@@ -180,6 +211,9 @@ def save_model(model, folder, max_shard_bytes: Optional[int] = None) -> Path:
         shards[-1][k] = v
         size += nbytes
     meta = {"format": "pt"}
+    label = getattr(model, "synthetic_label", None)
+    if label:
+        meta[SYNTHETIC_KEY] = str(label)
     if len(shards) == 1:
         with atomic_path(folder / SAFETENSORS_NAME) as tmp:
             save_file(shards[0], str(tmp), metadata=meta)
@@ -192,7 +226,8 @@ def save_model(model, folder, max_shard_bytes: Optional[int] = None) -> Path:
                 save_file(shard, str(tmp), metadata=meta)
             weight_map.update({k: name for k in shard})
         total = sum(v.numel() * v.element_size() for v in state.values())
-        atomic_write_json(folder / SAFETENSORS_INDEX_NAME, {"metadata": {"total_size": total},
+        index_meta = {"total_size": total, **({SYNTHETIC_KEY: str(label)} if label else {})}
+        atomic_write_json(folder / SAFETENSORS_INDEX_NAME, {"metadata": index_meta,
                                                             "weight_map": dict(sorted(weight_map.items()))})
         written = {*weight_map.values(), SAFETENSORS_INDEX_NAME}
     _remove_stale_weights(folder, written)

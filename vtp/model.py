@@ -34,8 +34,11 @@ class VTPModel(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        # provenance: where the weights came from ("synthetic", or the checkpoint path); set by the loaders
+        # provenance: where the weights came from ("synthetic:...", or the checkpoint path); set by the loaders
         self.weights_source: Optional[str] = None
+        # "synthetic:<preset>:seed=<seed>" for synthetic weights, made here or loaded from a folder that
+        # save_pretrained marked as synthetic; None for real weights. Saved with the weights.
+        self.synthetic_label: Optional[str] = None
         scalar_shape = (1,) if c.nonscalar_logit_scale else ()
         if c.train_clip:
             Wt = c.text_embed_dim
@@ -116,7 +119,10 @@ class VTPModel(nn.Module):
         """Deterministic random weights of a preset's shape, for machines with no checkpoint.
 
         Norm gains, biases and LayerScales are perturbed away from their initial values so that every
-        parameter matters. `weights_source` is "synthetic:<preset>:seed=<seed>".
+        parameter matters. `weights_source` and `synthetic_label` are "synthetic:<preset>:seed=<seed>";
+        `save_pretrained` records the label in the saved file, so the weights stay marked as synthetic
+        wherever they are loaded (set `synthetic_label = None` first if real weights were loaded into
+        the model since).
         """
         config = preset if isinstance(preset, VTPConfig) else VTPConfig.from_preset(preset)
         name = preset if isinstance(preset, str) else "custom"
@@ -136,7 +142,7 @@ class VTPModel(nn.Module):
                     p.normal_(1.0, 0.1, generator=g)
                 else:  # matrices, embeddings, biases, LayerScale gammas, cls/mask tokens, logit bias
                     p.normal_(0, 0.02, generator=g)
-        model.weights_source = f"synthetic:{name}:seed={seed}"
+        model.weights_source = model.synthetic_label = f"synthetic:{name}:seed={seed}"
         logger.warning("using SYNTHETIC random weights (%s, seed %d): outputs are not meaningful", name, seed)
         return model
 
@@ -158,7 +164,8 @@ class VTPModel(nn.Module):
 
     @property
     def is_synthetic(self) -> bool:
-        return bool(self.weights_source and self.weights_source.startswith("synthetic"))
+        """True for synthetic weights: made by `synthetic`, or loaded from a folder saved from such a model."""
+        return bool(self.synthetic_label or (self.weights_source and self.weights_source.startswith("synthetic")))
 
     @classmethod
     def from_pretrained(cls, path: "str | os.PathLike", *, device: "str | torch.device" = "cpu",
@@ -172,7 +179,10 @@ class VTPModel(nn.Module):
         return load_model(cls, path, device=device, dtype=dtype, verify=verify)
 
     def save_pretrained(self, folder: "str | os.PathLike", max_shard_bytes: Optional[int] = None) -> Path:
-        """Write config.json and model.safetensors (or shards with an index) in the official layout."""
+        """Write config.json and model.safetensors (or shards with an index) in the official layout.
+
+        Synthetic weights are marked in the safetensors metadata (``vtp_synthetic``), which loaders of the
+        official layout ignore; `from_pretrained` reads it back into `synthetic_label`."""
         from .checkpoint import save_model
 
         return save_model(self, folder, max_shard_bytes=max_shard_bytes)
@@ -201,8 +211,15 @@ class VTPModel(nn.Module):
         if isinstance(text, str) or (isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)):
             if isinstance(text, (list, tuple)) and len(text) == 0:
                 raise ValueError("empty prompt list: give at least one text")
-            text = _tokenizer(self.config.text_context_length)(text)
-            return text.to(self.token_embedding.weight.device)
+            C = self.config.text_context_length
+            texts = [text] if isinstance(text, str) else list(text)
+            ids, lengths = _tokenizer(C).encode_batch(texts)
+            for prompt, length in zip(texts, lengths):
+                if length > C:
+                    logger.warning("prompt %r is %d tokens long (start and end tokens included), longer than the "
+                                   "text context of %d: it is cut", prompt if len(prompt) <= 60 else
+                                   prompt[:60] + "…", length, C)
+            return ids.to(self.token_embedding.weight.device)
         if not isinstance(text, torch.Tensor):
             raise TypeError(f"text must be token ids (B, {self.config.text_context_length}) or a list of strings, "
                             f"got {type(text).__name__}")
