@@ -5,9 +5,11 @@
 
 Three tasks run on the candidate model (the checkpoint with the fusion rules applied, on the device):
 
-1. reconstruction: the image, squashed to 256 x 256, is encoded to latents (64 channels, 16 x 16 for the
-   f16d64 models) and decoded; the result is written to ``<out>/reconstructed.png`` and compared with the
-   preprocessed input (PSNR in dB and SSIM, both on [0, 1] pixels);
+1. reconstruction: the image, squashed to 256 x 256 (or center-cropped, ``--resize center-crop``), is
+   encoded to latents (64 channels, 16 x 16 for the f16d64 models) and decoded; the result is written to
+   ``<out>/reconstructed.png``, the input as the model saw it to ``<out>/input.png`` (both carry the
+   weights' identity in their PNG text metadata), and the two are compared (PSNR in dB and SSIM, both on
+   [0, 1] pixels);
 2. CLIP zero-shot: softmax over ``exp(logit_scale) * cos(image, prompt)`` for each prompt, sorted;
 3. SSL features: shapes and L2 norms of the CLS token and of the patch tokens.
 
@@ -16,7 +18,8 @@ Three tasks run on the candidate model (the checkpoint with the fusion rules app
 
 Every line goes to the terminal (stderr) and is appended to the log file (``--log``, default ./log.txt).
 Exit status: 0 the three tasks ran and every output is finite; 1 a task failed or produced NaN/Inf;
-2 usage or environment error (unreadable image, missing weights folder, unusable device or precision).
+2 usage or environment error (unreadable image, missing weights folder, unusable device or precision,
+an output folder or log file that cannot be written), found before the model is loaded where it can be.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import argparse
 import datetime
 import importlib.util
 import logging
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -39,18 +44,27 @@ if __name__ == "__main__":
         sys.path.insert(0, str(_REPO))  # works without `pip install -e .`
 
 from ascend.npu import prepare_environment  # noqa: E402  (imports neither torch nor torch_npu)
+from ascend.runtime import add_prompt_arguments, shorten  # noqa: E402  (no torch either)
 
 logger = logging.getLogger("ascend.inference")
 
 EXIT_OK, EXIT_FAILED, EXIT_ENV = 0, 1, 2
 IMAGE_SIZE = 256
 RECONSTRUCTION_NAME = "reconstructed.png"
+INPUT_NAME = "input.png"
+RESIZE_MODES = {"squash": "resize", "center-crop": "center_crop"}  # --resize -> vtp.image.preprocess mode
+FUSION_HELP = ("fused-operator rules (default all): 'all'; 'none'; a comma list of the rules to apply "
+               "(gelu,layernorm); a comma list of rules to leave out, each with a leading '-' (-gelu,-rope = all "
+               "but gelu and rope; 'all,-gelu' is the same as '-gelu'; write --fusion=-gelu with '=', else the "
+               "value is taken for an option); or a YAML rule file (ascend/fusion.yaml). "
+               "Rules: gelu, layernorm, rmsnorm, swiglu, attention, rope, quick_gelu, pixel_shuffle. A list that "
+               "names rules both to apply and to leave out is refused.")
 TASKS = ("reconstruction", "clip", "ssl")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 
 
 class UsageError(ValueError):
-    """A bad option value found after parsing (an empty prompt list, an unusable log path)."""
+    """A bad option value found after parsing (an empty prompt, an unwritable output folder or log path)."""
 
 
 class TaskFailed(RuntimeError):
@@ -67,8 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  python ascend/inference.py\n"
             "  python ascend/inference.py --weights weights/VTP-Small-f16d64 --image dog.png \\\n"
-            "      --device npu:0 --precision bf16 --prompts 'a dog,a cat' --out output --log log.txt\n"
+            "      --device npu:0 --precision bf16 --prompt 'a dog' --prompt 'a cat, sleeping' --out output\n"
+            "  python ascend/inference.py --image wide.jpg --resize center-crop --fusion=-gelu,-rope \\\n"
+            "      --prompts-file prompts.txt\n"
             "\n"
+            "prompts: one --prompt per prompt (commas are part of it), and/or --prompts-file with one per line;\n"
+            "fusion: all | none | gelu,layernorm (only those) | -gelu,-rope (all but those) | rules.yaml.\n"
             "defaults: weights/VTP-Small-f16d64 when present, else synthetic VTP-Small weights (with a NOTICE);\n"
             "the checkpoint's figures/dog.png when present, else a generated sample image.\n"
             "exit status: 0 success, 1 a task failed or gave NaN/Inf, 2 usage or environment error"
@@ -82,22 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
                              "else a generated sample image")
     parser.add_argument("--device", default="auto",
                         help="auto (NPU > CUDA > CPU), npu, npu:N, cuda, cuda:N or cpu (default auto)")
-    parser.add_argument("--prompts", action="append", metavar="TEXT[,TEXT...]",
-                        help="CLIP prompts, comma-separated and/or repeated "
-                             "(default: 'a diagram,a dog,a cat,a person')")
+    add_prompt_arguments(parser)
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                         help="fp32 (strict: no TF32/HF32), or fp16/bf16 autocast (default fp32)")
-    parser.add_argument("--fusion", default="all",
-                        help="fused-operator rules: all, none, a comma list (gelu,layernorm,...) or a YAML file "
-                             "(default all)")
+    parser.add_argument("--fusion", default="all", metavar="SPEC", help=FUSION_HELP)
+    parser.add_argument("--resize", choices=tuple(RESIZE_MODES), default="squash",
+                        help=f"how the image becomes {IMAGE_SIZE}x{IMAGE_SIZE}: squash (resize, ignoring the aspect "
+                             "ratio, as the VTP README) or center-crop (shorter side to "
+                             f"{IMAGE_SIZE}, central square kept); a warning says when either changes the image's "
+                             "aspect ratio or enlarges it (default squash)")
     parser.add_argument("--tasks", type=parse_tasks, default=TASKS, metavar="TASK[,TASK...]",
                         help=f"which tasks to run, a comma list of {', '.join(TASKS)} (default all three)")
     parser.add_argument("--out", type=Path, default=Path("output"), metavar="DIR",
-                        help=f"folder for {RECONSTRUCTION_NAME} (default output/)")
+                        help=f"folder for {RECONSTRUCTION_NAME} and {INPUT_NAME}, created if needed; it must be "
+                             "writable (checked before the model is loaded) (default output/)")
     parser.add_argument("--log", type=Path, default=Path("log.txt"), metavar="PATH",
                         help="log file, appended (default ./log.txt)")
     parser.add_argument("--require-weights", action="store_true",
-                        help="exit 2 instead of falling back to synthetic weights")
+                        help="exit 2 instead of falling back to synthetic weights, and refuse a folder of "
+                             "synthetic weights written by save_pretrained")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -111,16 +132,19 @@ def parse_tasks(text: str) -> tuple:
     return tuple(t for t in TASKS if t in names)
 
 
-def parse_prompts(values) -> list:
-    """``["a dog,a cat", "a bird"]`` -> ``["a dog", "a cat", "a bird"]``; None -> the default prompts."""
-    from ascend.runtime import DEFAULT_PROMPTS
+def check_writable_folder(folder: Path, option: str = "--out") -> None:
+    """Create ``folder`` if needed and prove it writable by creating and deleting a file in it; UsageError
+    naming the folder and what to do otherwise (root ignores permission bits, so the probe is a real write)."""
+    import tempfile
 
-    if not values:
-        return list(DEFAULT_PROMPTS)
-    prompts = [p.strip() for value in values for p in value.split(",") if p.strip()]
-    if not prompts:
-        raise UsageError(f"--prompts {values!r}: no prompt left after splitting on commas")
-    return prompts
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{option} {folder}: the output folder cannot be written ({exc.strerror or exc}); pick a "
+                         f"writable folder with {option} DIR, or make this one writable") from None
 
 
 def setup_logging(log_path: Path, verbose: bool) -> None:
@@ -129,7 +153,8 @@ def setup_logging(log_path: Path, verbose: bool) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"--log {log_path}: cannot open the log file for appending ({exc})") from None
+        raise UsageError(f"--log {log_path}: cannot open the log file for appending ({exc.strerror or exc}); "
+                         "pick a writable location with --log PATH") from None
     terminal = logging.StreamHandler(sys.stderr)
     for handler in (terminal, file_handler):
         handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
@@ -151,8 +176,21 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
 
 
-def run_reconstruction(model, image, device, precision_context, out_dir: Path) -> dict:
-    """Encode -> decode -> PNG, PSNR and SSIM against the preprocessed input ([0, 1] pixels)."""
+def png_metadata(identity: dict, content: str) -> dict:
+    """PNG text chunks: what the image is and which weights made it (kind, path or preset, sha256, synthetic)."""
+    synthetic = identity.get("kind") == "synthetic" or bool(identity.get("synthetic"))
+    meta = {"Description": content, "Software": "vtp-ascend ascend/inference.py",
+            "vtp:weights-kind": identity.get("kind", "unknown"),
+            "vtp:weights-synthetic": "yes" if synthetic else "no"}
+    for key in ("path", "source", "preset", "sha256"):
+        if identity.get(key):
+            meta[f"vtp:weights-{key}"] = identity[key]
+    return meta
+
+
+def run_reconstruction(model, image, device, precision_context, out_dir: Path, identity: dict) -> dict:
+    """Encode -> decode -> PNG, PSNR and SSIM against the preprocessed input ([0, 1] pixels); the input
+    as the model saw it is written beside the reconstruction."""
     import torch
 
     from ascend.device import timed
@@ -170,18 +208,22 @@ def run_reconstruction(model, image, device, precision_context, out_dir: Path) -
     _check_finite("latents", latents)
     _check_finite("reconstructed image", decoded)
     logger.info("latents: shape %s, mean %.4f, std %.4f", tuple(latents.shape), latents.mean(), latents.std())
-    path = save_png(decoded, out_dir / RECONSTRUCTION_NAME)
+    path = save_png(decoded, out_dir / RECONSTRUCTION_NAME,
+                    metadata=png_metadata(identity, "VTP reconstruction of input.png"))
+    input_path = save_png(image.float(), out_dir / INPUT_NAME,
+                          metadata=png_metadata(identity, "the model's input, after preprocessing"))
     target01 = denormalize(image.float()).clamp(0.0, 1.0)
     decoded01 = denormalize(decoded).clamp(0.0, 1.0)
     value_psnr = float(psnr(decoded01, target01))
     value_ssim = float(ssim(decoded01, target01))
-    logger.info("reconstructed image: %dx%d, written to %s", decoded.shape[-1], decoded.shape[-2], path)
+    logger.info("reconstructed image: %dx%d, written to %s (the model's input: %s)", decoded.shape[-1],
+                decoded.shape[-2], path, input_path)
     logger.info("PSNR: %.2f dB (vs the preprocessed input, [0, 1] pixels)", value_psnr)
     logger.info("SSIM: %.4f (Gaussian window 11, sigma 1.5)", value_ssim)
     logger.info("time: encode %s, decode %s, total %s", _ms(t_enc.seconds), _ms(t_dec.seconds),
                 _ms(t_enc.seconds + t_dec.seconds))
-    return {"path": str(path), "psnr_db": value_psnr, "ssim": value_ssim, "latents_shape": list(latents.shape),
-            "encode_ms": t_enc.ms, "decode_ms": t_dec.ms}
+    return {"path": str(path), "input_path": str(input_path), "psnr_db": value_psnr, "ssim": value_ssim,
+            "latents_shape": list(latents.shape), "encode_ms": t_enc.ms, "decode_ms": t_dec.ms}
 
 
 def run_clip(model, image, prompts: list, device, precision_context) -> dict:
@@ -189,10 +231,10 @@ def run_clip(model, image, prompts: list, device, precision_context) -> dict:
     import torch
 
     from ascend.device import timed
-    from vtp.tokenizers import get_tokenizer
+    from ascend.runtime import shorten, tokenize_prompts
 
     logger.info("== task 2/3: CLIP zero-shot ==")
-    tokens = get_tokenizer(context_length=model.config.text_context_length)(prompts).to(device)
+    tokens = tokenize_prompts(prompts, model.config.text_context_length).to(device)
     x = image.to(device)
     with torch.no_grad(), precision_context():
         with timed(device) as t_clip:
@@ -204,8 +246,8 @@ def run_clip(model, image, prompts: list, device, precision_context) -> dict:
     logger.info("logit scale exp(logit_scale) = %.2f; %d prompts", scale, len(prompts))
     ranked = sorted(zip(prompts, probs.tolist(), logits.tolist()), key=lambda item: -item[1])
     for prompt, prob, logit in ranked:
-        logger.info("  p=%.6f  (%6.2f %%, logit %8.3f)  %r", prob, 100.0 * prob, logit, prompt)
-    logger.info("top-1: %r with probability %.4f (probabilities sum to %.6f)", ranked[0][0], ranked[0][1],
+        logger.info("  p=%.6f  (%6.2f %%, logit %8.3f)  %r", prob, 100.0 * prob, logit, shorten(prompt))
+    logger.info("top-1: %r with probability %.4f (probabilities sum to %.6f)", shorten(ranked[0][0]), ranked[0][1],
                 float(probs.sum()))
     logger.info("time: %s (image and text towers, logits and softmax)", _ms(t_clip.seconds))
     return {"probabilities": {p: prob for p, prob, _ in ranked}, "top1": ranked[0][0], "ms": t_clip.ms}
@@ -245,19 +287,20 @@ def prepare(args) -> dict:
 
     from ascend.device import ascend_options, autocast, resolve_device, strict_fp32
     from ascend.fusion import parse_fusion_spec
-    from ascend.runtime import default_image, load_weights, prepare_candidate
-    from vtp.image import load_image, preprocess
+    from ascend.runtime import PromptError, default_image, load_weights, prepare_candidate, prompts_from_args
+    from vtp.image import load_image, preprocess, resize_notes
 
-    prompts = parse_prompts(args.prompts)
+    try:
+        prompts = list(prompts_from_args(args))
+    except PromptError as exc:
+        raise UsageError(str(exc)) from None
     try:  # a bad spec is a usage error, found before any heavy work
         parse_fusion_spec(args.fusion)
     except ValueError as exc:
         raise UsageError(f"--fusion {args.fusion!r}: {exc}") from None
+    if "reconstruction" in args.tasks:
+        check_writable_folder(args.out)
     device = resolve_device(args.device)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {args.out}: cannot create the output folder ({exc})") from None
     logger.info("device: %s; precision: %s; fusion: %s; torch %s", device, args.precision, args.fusion,
                 torch.__version__)
     if args.weights is not None and not args.weights.is_dir():
@@ -268,9 +311,12 @@ def prepare(args) -> dict:
         pil, image_source = load_image(args.image), str(args.image)
     else:
         pil, image_source = default_image(args.weights, size=IMAGE_SIZE)
-    image = preprocess(pil, size=IMAGE_SIZE, mode="resize")
-    logger.info("image: %s (%dx%d) -> %s after resize to %dx%d", image_source, pil.width, pil.height,
-                tuple(image.shape), IMAGE_SIZE, IMAGE_SIZE)
+    mode = RESIZE_MODES[args.resize]
+    image = preprocess(pil, size=IMAGE_SIZE, mode=mode)
+    logger.info("image: %s (%dx%d) -> %s after %s to %dx%d", image_source, pil.width, pil.height,
+                tuple(image.shape), args.resize, IMAGE_SIZE, IMAGE_SIZE)
+    for note in resize_notes(pil.width, pil.height, IMAGE_SIZE, mode):
+        logger.warning("image: %s", note)
 
     t = time.perf_counter()
     model, identity = load_weights(args.weights, require=args.require_weights)
@@ -311,7 +357,7 @@ def run_tasks(args, ready: dict) -> dict:
     elif not model.config.train_reconstruction:
         logger.info("== task 1/3: reconstruction: skipped (this checkpoint has no pixel decoder) ==")
     else:
-        results["reconstruction"] = run_reconstruction(model, image, device, context, args.out)
+        results["reconstruction"] = run_reconstruction(model, image, device, context, args.out, ready["identity"])
     if "clip" not in args.tasks:
         logger.info("== task 2/3: CLIP zero-shot: skipped (--tasks) ==")
     elif not model.config.train_clip:
@@ -341,7 +387,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ENV
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    logger.info("===== ascend/inference.py %s: %s =====", started, " ".join(sys.argv[1:]) or "(defaults)")
+    command = " ".join(shlex.quote(shorten(arg)) for arg in (sys.argv[1:] if argv is None else argv))
+    logger.info("===== ascend/inference.py %s: %s =====", started, command or "(defaults)")
     prepare_environment()  # before the first `import torch`
 
     from ascend.device import DeviceError

@@ -37,7 +37,9 @@ def test_demo_exits_0_and_writes_the_reconstruction(demo):
     png = cwd / "out" / "reconstructed.png"
     with Image.open(png) as img:
         assert (img.format, img.mode, img.size) == ("PNG", "RGB", (256, 256))
-    assert not [p.name for p in png.parent.iterdir() if p.name != "reconstructed.png"]  # no temporary files
+    with Image.open(cwd / "out" / "input.png") as img:  # the model's input, beside its reconstruction
+        assert (img.format, img.mode, img.size) == ("PNG", "RGB", (256, 256))
+    assert sorted(p.name for p in png.parent.iterdir()) == ["input.png", "reconstructed.png"]  # no temporary files
 
 
 def test_log_has_the_three_tasks_with_their_numbers(demo):

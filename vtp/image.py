@@ -17,12 +17,13 @@ import logging
 import os
 import struct
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from .io_utils import atomic_path
 
@@ -32,6 +33,7 @@ __all__ = [
     "ImageError",
     "load_image",
     "preprocess",
+    "resize_notes",
     "normalize",
     "denormalize",
     "to_uint8",
@@ -201,6 +203,26 @@ def preprocess(image: PathLike | Image.Image, size: Size = 256, mode: str = "res
     return normalize(_pil_to_unit_tensor(img)).unsqueeze(0)
 
 
+def resize_notes(width: int, height: int, size: int, mode: str = "resize") -> list[str]:
+    """What :func:`preprocess` does to a ``width`` x ``height`` image that a user should know, one
+    sentence each ([] when it only shrinks a square image): an aspect-ratio change (``"resize"`` squashes,
+    ``"center_crop"`` cuts the longer side) and an enlargement (a side shorter than ``size``)."""
+    notes = []
+    if width != height:
+        if mode == "resize":
+            notes.append(f"the {width}x{height} image is squashed to {size}x{size}: its aspect ratio "
+                         f"{width / height:.2f} becomes 1 (center-crop mode keeps it and cuts the longer side)")
+        else:
+            kept = min(width, height) / max(width, height)
+            notes.append(f"the {width}x{height} image is cropped to its central square: {100 * kept:.0f} % of the "
+                         "longer side is kept")
+    short = min(width, height)  # both modes bring the shorter side to `size`
+    if short < size:
+        notes.append(f"the {width}x{height} image is enlarged {size / short:.2f}x to {size}x{size}: the model sees "
+                     "an interpolated image, so the reconstruction and its PSNR/SSIM say little about fine detail")
+    return notes
+
+
 def _size_hw(size: Size) -> tuple[int, int]:
     if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
         height = width = int(size)
@@ -272,10 +294,13 @@ def to_uint8(x_normalized: torch.Tensor) -> np.ndarray:
     return (x.numpy() * 255.0).astype(np.uint8)
 
 
-def save_png(x_normalized: torch.Tensor, path: PathLike) -> Path:
+def save_png(
+    x_normalized: torch.Tensor, path: PathLike, metadata: Optional[Mapping[str, object]] = None
+) -> Path:
     """Write one normalised image ([3, H, W] or [1, 3, H, W]) to ``path`` as an 8-bit RGB PNG.
 
-    Pixels are :func:`to_uint8` (truncation). The parent folder is created; the file is written
+    Pixels are :func:`to_uint8` (truncation). ``metadata`` becomes the PNG's text chunks, one per key
+    (values written with ``str``; PIL's ``Image.open(path).text`` reads them back). The parent folder is created; the file is written
     atomically (:func:`vtp.io_utils.atomic_path`: a temporary file in the same folder, moved into place
     with ``os.replace``), so a reader never sees a half-written PNG. Returns the path.
 
@@ -291,9 +316,14 @@ def save_png(x_normalized: torch.Tensor, path: PathLike) -> Path:
             f"save a batch one image at a time"
         )
     pixels = to_uint8(x_normalized)
+    info = None
+    if metadata:
+        info = PngInfo()
+        for key, value in metadata.items():
+            info.add_text(str(key), str(value))
     path = Path(os.fspath(path))
     with atomic_path(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG")
+        Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info)
     return path
 
 

@@ -207,8 +207,16 @@ class SimpleTokenizer:
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         """Token ids of `texts` as an int64 tensor (N, context_length), zero-padded.
 
-        A text too long for the context is cut and its last kept id set to <end_of_text>.
+        A text too long for the context is cut and its last kept id set to <end_of_text>;
+        :meth:`encode_batch` also returns each text's length before the cut.
         """
+        return self.encode_batch(texts, context_length)[0]
+
+    def encode_batch(
+        self, texts: str | Sequence[str], context_length: int | None = None
+    ) -> tuple[torch.Tensor, list[int]]:
+        """(ids, lengths): the ids of :meth:`__call__` and, per text, its token count before any cut
+        (start and end tokens included); a length above the context length means the text was cut."""
         import torch  # here, so that importing the tokenizer does not import torch
 
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -220,13 +228,15 @@ class SimpleTokenizer:
         length = self.context_length if context_length is None else _check_length(context_length)
 
         result = torch.zeros(len(texts), length, dtype=torch.int64)
+        lengths = []
         for row, text in enumerate(texts):
             ids = [self.sot_token_id, *self.encode(text), self.eot_token_id]
+            lengths.append(len(ids))
             if len(ids) > length:
                 ids = ids[:length]
                 ids[-1] = self.eot_token_id
             result[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
-        return result
+        return result, lengths
 
 
 def _merge(word: list[str], pair: tuple[str, str]) -> list[str]:
