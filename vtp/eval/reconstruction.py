@@ -34,11 +34,11 @@ logger = logging.getLogger(__name__)
 class _GaussianAccumulator:
     """Running (n, sum, sum x x^T) of feature rows in float64."""
 
-    def __init__(self, dim: int = 2048):
-        self.n, self.sum, self.outer = 0, np.zeros(dim), np.zeros((dim, dim))
+    def __init__(self):
+        self.n, self.sum, self.outer = 0, 0.0, 0.0  # arrays after the first add
 
     def add(self, feats: torch.Tensor) -> None:
-        x = feats.detach().double().cpu().numpy()
+        x = feats.detach().double().cpu().numpy()  # (B, D)
         self.n += x.shape[0]
         self.sum += x.sum(axis=0)
         self.outer += x.T @ x

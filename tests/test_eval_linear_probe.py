@@ -1,0 +1,39 @@
+"""Linear probing learns a separable problem (colour classes) on frozen features of a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from eval_helpers import make_image_folder
+
+from vtp.eval.cli import main
+from vtp.eval.linear_probe import head_name, linear_input
+
+
+def test_linear_input_layout():
+    blocks = [(torch.full((2, 4, 3), float(i)), torch.full((2, 3), 10.0 + i)) for i in range(4)]
+    x = linear_input(blocks, 2)  # cls of blocks 2, 3 then the mean patch of block 3
+    assert x.tolist()[0] == [12.0] * 3 + [13.0] * 3 + [3.0] * 3
+    assert head_name(4, 0.0005) == "classifier_4_blocks_avgpool_True_lr_0_00050"
+
+
+def test_learns_separable_colours(tmp_path, tiny_checkpoint):
+    make_image_folder(tmp_path / "ds" / "train", per_class=4, seed=0)
+    make_image_folder(tmp_path / "ds" / "val", per_class=2, seed=1)
+    out = tmp_path / "lp.json"
+    code = main(["linear-probe", "--data", str(tmp_path / "ds"), "--weights", str(tiny_checkpoint), "--device", "cpu",
+                 "--workers", "0", "--crop-size", "32", "--resize-size", "32", "--epochs", "2", "--epoch-length", "15",
+                 "--batch-size", "6", "--learning-rates", "20,0.00001", "--n-blocks", "1,2", "--out", str(out), "-q"])
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert r["metrics"]["top1"] == pytest.approx(100.0)
+    assert r["num_samples"] == 6 and len(r["options"]["all_accuracies"]) == 4
+    assert r["dataset"]["train"]["num_images"] == 12
+
+
+def test_missing_split_is_a_usage_error(tmp_path, capsys):
+    make_image_folder(tmp_path / "ds", per_class=1)
+    assert main(["linear-probe", "--data", str(tmp_path / "ds"), "--device", "cpu"]) == 2
+    assert "train and" in capsys.readouterr().err
