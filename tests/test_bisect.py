@@ -97,3 +97,18 @@ def test_fp32_module_files(tmp_path):
         load_fp32_modules(bad)
     with pytest.raises(ValueError, match="cannot read"):
         load_fp32_modules(tmp_path / "missing.yaml")
+
+
+def test_cli(tiny_checkpoint, tmp_path, capsys):
+    import json
+
+    from verify.bisect import main
+
+    base = ["--device", "cpu", "--weights", str(tiny_checkpoint), "--batch", "1", "--size", "32", "--tasks", "ssl"]
+    assert main(["fusion", *base, "--out", str(tmp_path / "f")]) == 0
+    assert "nothing to bisect" in capsys.readouterr().out
+    assert json.loads((tmp_path / "f" / "bisect.json").read_text())["kind"] == "fusion"
+    assert main(["precision", *base, "--precision", "fp32", "--out", str(tmp_path / "p")]) == 2
+    assert "needs --precision fp16 or bf16" in capsys.readouterr().err
+    assert main(["fusion", *base, "--fusion", "nonsense", "--out", str(tmp_path / "n")]) == 2
+    assert not (tmp_path / "n").exists()

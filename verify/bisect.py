@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inject-fault", metavar="MODULE=FACTOR|MODULE=nan")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=256)
+    p.add_argument("--tasks", nargs="+", help="reconstruction, clip, ssl (default: all the checkpoint has)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -297,10 +298,13 @@ def main(argv=None) -> int:
         if args.inject_fault:
             parse_fault(args.inject_fault)
         reference, _ = load_weights(args.weights, require=args.require_weights)
+        if args.size % reference.config.vision_patch_size:
+            raise ValueError(f"--size {args.size} is not a multiple of the patch size "
+                             f"{reference.config.vision_patch_size}")
         images, _, text = make_inputs(args.weights, args.batch, args.size, DEFAULT_PROMPTS,
                                       context_length=reference.config.text_context_length)
         inputs = {"images": images, "text": text}
-        kw = dict(device=device, precision=precision, thresholds=thresholds, fault=args.inject_fault)
+        kw = dict(device=device, precision=precision, thresholds=thresholds, fault=args.inject_fault, tasks=args.tasks)
         result = (bisect_fusion(reference, inputs, fusion=args.fusion, **kw) if args.kind == "fusion"
                   else bisect_precision(reference, inputs, fusion=args.fusion, **kw))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:

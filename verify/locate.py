@@ -26,7 +26,8 @@ stats = {"shape", "dtype", "min", "max", "mean", "l2", "nan", "inf"} (finite ele
 that breaks a gate is the deepest one at the earliest point. It is reported when its *inputs* still
 agree (they are compared then); if none qualifies (the error enters in code that is not a module), the
 first failing module is reported with ``inputs_agree: false``. The gates are the verdict's
-``max_rel_l2`` and ``min_cosine`` of the precision, plus any NaN/Inf where the reference is finite.
+``max_rel_l2``, ``min_cosine`` and (when present) ``max_abs_scaled`` (max|a-b| / max|b|, a localised
+error) of the precision, plus any NaN/Inf where the reference is finite.
 ``max_rel_err`` (mean elementwise relative error) is recorded but does not decide here: on
 intermediate activations full of near-zero values (GELU, attention) it flags approximations that the
 final outputs absorb (the tanh GELU of the fusion layer).
@@ -205,7 +206,8 @@ def failed_gates(pair: dict, limits: dict) -> list:
     if m["candidate_only_nonfinite"]:
         out.append({"metric": "nonfinite", "value": m["candidate_only_nonfinite"], "threshold": 0})
     for metric, key, fails in (("relative_l2_error", "max_rel_l2", lambda v, t: v > t),
-                               ("cosine_similarity", "min_cosine", lambda v, t: v < t)):
+                               ("cosine_similarity", "min_cosine", lambda v, t: v < t),
+                               ("max_abs_rel_scale", "max_abs_scaled", lambda v, t: v > t)):
         limit, value = limits.get(key), m[metric]
         if limit is None:
             continue
@@ -303,9 +305,10 @@ def locate(reference, candidate, inputs: dict, *, device, precision: str, thresh
     t0 = time.perf_counter()
     result = {"schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": str(device), "precision": precision, "case": case, "tasks": list(tasks),
-              "gates": {k: limits.get(k) for k in ("max_rel_l2", "min_cosine")},
-              "gates_note": "per module: relative_l2_error > max_rel_l2, cosine_similarity < min_cosine, or NaN/Inf "
-                            "where the reference is finite; relative_error_mean is recorded, not decisive",
+              "gates": {k: limits.get(k) for k in ("max_rel_l2", "min_cosine", "max_abs_scaled")},
+              "gates_note": "per module: relative_l2_error > max_rel_l2, cosine_similarity < min_cosine, "
+                            "max|a-b|/max|b| > max_abs_scaled (when the table has it), or NaN/Inf where the "
+                            "reference is finite; relative_error_mean is recorded, not decisive",
               "memory_note": "layer-synchronous: one output per side held at a time, compared in 2**20-element "
                              "chunks; statistics only", "first_divergent": None, "first_nonfinite": None,
               "suspect": None, "per_task": {}, "outputs": [], "growth": {}, "layers": [], "tensors": {}}
