@@ -152,3 +152,21 @@ def test_cli_writes_divergence_and_exit_codes(tiny_checkpoint, tmp_path, capsys)
     assert "no module named 'trunk.nope'" in capsys.readouterr().err
     assert main(args[:-2] + ["--size", "33", "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad" / "divergence.json").exists()
+
+
+def test_compare_pair_in_chunks_matches_one_pass(monkeypatch):
+    import verify.locate as loc
+
+    g = torch.Generator().manual_seed(1)
+    b = torch.randn(1000, generator=g)
+    a = b * 1.01 + 1e-3
+    a[5], b[7] = float("inf"), float("nan")
+    whole = compare_pair(a, b)
+    monkeypatch.setattr(loc, "CHUNK", 64)
+    chunked = compare_pair(a, b)
+    for key, value in whole["metrics"].items():
+        assert chunked["metrics"][key] == pytest.approx(value, rel=1e-9), key
+    for side in ("candidate", "reference"):
+        for key in ("min", "max", "mean", "l2", "nan", "inf"):
+            assert chunked[side][key] == pytest.approx(whole[side][key], rel=1e-9), (side, key)
+    assert whole["metrics"]["candidate_only_nonfinite"] == 1 and whole["metrics"]["reference_only_nonfinite"] == 1

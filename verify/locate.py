@@ -95,18 +95,26 @@ class _Side:
         self.shape, self.dtype = list(t.shape), str(t.dtype).replace("torch.", "")
         self.n = self.nan = self.inf = 0
         self.lo, self.hi, self.s, self.ss = math.inf, -math.inf, 0.0, 0.0
+        self.chunk_ss = 0.0
 
-    def add(self, x, finite):
+    def add(self, x, finite, all_finite: bool):
+        """Add a float64 chunk; returns its finite values (x itself when all are finite)."""
         import torch
 
-        self.nan += int(torch.isnan(x).sum())
-        self.inf += int(torch.isinf(x).sum())
-        f = x if bool(finite.all()) else x[finite]
+        f = x
+        if not all_finite:
+            self.nan += int(torch.isnan(x).sum())
+            self.inf += int(torch.isinf(x).sum())
+            f = x[finite]
+        self.chunk_ss = 0.0
         if f.numel():
+            lo, hi = torch.aminmax(f)
             self.n += f.numel()
-            self.lo, self.hi = min(self.lo, f.min().item()), max(self.hi, f.max().item())
+            self.lo, self.hi = min(self.lo, lo.item()), max(self.hi, hi.item())
             self.s += f.sum().item()
-            self.ss += (f * f).sum().item()
+            self.chunk_ss = torch.dot(f, f).item()
+            self.ss += self.chunk_ss
+        return f
 
     def to_dict(self) -> dict:
         n = self.n
@@ -121,6 +129,16 @@ def _jf(x: float):
     return json_float(x)
 
 
+def _chunks(af, bf):
+    """(x, y, finite x, finite y, all finite x, all finite y) float64 CPU chunks of CHUNK elements."""
+    import torch
+
+    for i in range(0, af.numel(), CHUNK):
+        x, y = af[i:i + CHUNK].to("cpu", torch.float64), bf[i:i + CHUNK].to("cpu", torch.float64)
+        fx, fy = torch.isfinite(x), torch.isfinite(y)
+        yield x, y, fx, fy, bool(fx.all()), bool(fy.all())
+
+
 def compare_pair(a, b) -> dict:
     """Candidate ``a`` vs reference ``b``, chunk by chunk: {"candidate": stats, "reference": stats, "metrics"}.
 
@@ -128,6 +146,7 @@ def compare_pair(a, b) -> dict:
     relative_error_mean with the default guard g = max(1e-3 mean|b|, FP32_TINY), relative_l2_error,
     cosine_similarity (0/0 rules as there), max_abs_error; plus max_abs_rel_scale = max|a-b| / max|b|
     and the NaN/Inf positions of one side only. Shapes that differ give "shape_mismatch" and no metrics.
+    A tensor of one chunk is converted once; larger ones take a second pass for the guarded mean.
     """
     import torch
 
@@ -136,42 +155,44 @@ def compare_pair(a, b) -> dict:
     ca, cb = _Side(a), _Side(b)
     if tuple(a.shape) != tuple(b.shape):
         for side, t in ((ca, a), (cb, b)):
-            x = t.detach().to("cpu", torch.float64).reshape(-1)
-            side.add(x, torch.isfinite(x))
+            for x, _, fx, _, ax, _ in _chunks(t.detach().reshape(-1), t.detach().reshape(-1)):
+                side.add(x, fx, ax)
         return {"candidate": ca.to_dict(), "reference": cb.to_dict(), "shape_mismatch": True, "metrics": None}
     af, bf = a.detach().reshape(-1), b.detach().reshape(-1)
     n_both = c_only = r_only = 0
     sdd = sbb = saa = sab = sabs_b = 0.0
     max_d = max_b = 0.0
-    for i in range(0, af.numel(), CHUNK):
-        x, y = af[i:i + CHUNK].to("cpu", torch.float64), bf[i:i + CHUNK].to("cpu", torch.float64)
-        fx, fy = torch.isfinite(x), torch.isfinite(y)
-        ca.add(x, fx)
-        cb.add(y, fy)
-        both = fx & fy
-        if not bool(both.all()):
+    last = None
+    for x, y, fx, fy, ax, ay in _chunks(af, bf):
+        x_f, y_f = ca.add(x, fx, ax), cb.add(y, fy, ay)
+        if ax and ay:
+            saa, sbb = saa + ca.chunk_ss, sbb + cb.chunk_ss
+        else:
+            both = fx & fy
             c_only += int((~fx & fy).sum())
             r_only += int((fx & ~fy).sum())
             x, y = x[both], y[both]
+            saa, sbb = saa + torch.dot(x, x).item(), sbb + torch.dot(y, y).item()
         if not x.numel():
             continue
         d = x - y
+        ad, ab = d.abs_(), y.abs()
         n_both += x.numel()
-        sdd, sbb, saa, sab = sdd + (d * d).sum().item(), sbb + (y * y).sum().item(), saa + (x * x).sum().item(), \
-            sab + (x * y).sum().item()
-        sabs_b += y.abs().sum().item()
-        max_d, max_b = max(max_d, d.abs().max().item()), max(max_b, y.abs().max().item())
+        sdd, sab, sabs_b = sdd + torch.dot(ad, ad).item(), sab + torch.dot(x, y).item(), sabs_b + ab.sum().item()
+        max_d, max_b = max(max_d, ad.max().item()), max(max_b, ab.max().item())
+        last = (ad, ab)
     metrics = {"relative_error_mean": math.nan, "relative_l2_error": math.nan, "cosine_similarity": math.nan,
                "max_abs_error": math.nan, "max_abs_rel_scale": math.nan}
     if n_both:
         g = max(GUARD_FRACTION * sabs_b / n_both, FP32_TINY)
-        srel = 0.0
-        for i in range(0, af.numel(), CHUNK):  # second pass: the guard needs mean|b| first
-            x, y = af[i:i + CHUNK].to("cpu", torch.float64), bf[i:i + CHUNK].to("cpu", torch.float64)
-            both = torch.isfinite(x) & torch.isfinite(y)
-            if not bool(both.all()):
-                x, y = x[both], y[both]
-            srel += ((x - y).abs() / y.abs().clamp_min(g)).sum().item()
+        if af.numel() <= CHUNK:
+            srel = (last[0] / last[1].clamp_min_(g)).sum().item()
+        else:  # second pass: the guard needs mean|b| first
+            srel = 0.0
+            for x, y, fx, fy, ax, ay in _chunks(af, bf):
+                if not (ax and ay):
+                    x, y = x[fx & fy], y[fx & fy]
+                srel += ((x - y).abs_() / y.abs().clamp_min_(g)).sum().item()
         na, nb, nd = math.sqrt(saa), math.sqrt(sbb), math.sqrt(sdd)
         metrics["relative_error_mean"] = srel / n_both
         metrics["relative_l2_error"] = (0.0 if nd == 0 else math.inf) if nb == 0 else nd / nb
