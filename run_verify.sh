@@ -1,34 +1,50 @@
 #!/usr/bin/env bash
-# Certify VTP on this machine: environment check -> inference demo -> accuracy + timing -> verdict.
-# The one entry point for people and CI; `bash run_verify.sh --help` explains the options.
+# Certify VTP on this machine: options check -> environment check -> inference demo -> accuracy + timing ->
+# verdict. The one entry point for people and CI; `bash run_verify.sh --help` explains the options.
 set -euo pipefail
 
 usage() {
-    cat <<'EOF'
-usage: bash run_verify.sh [--device D] [--weights DIR] [--precision fp32|fp16|bf16] [--fusion SPEC]
-                          [--quick] [--no-timing] [--require-weights] [--out DIR] [--inject-fault SPEC]
+    cat <<'USAGE'
+usage: bash run_verify.sh [--device D] [--weights DIR] [--precision fp32|fp16|bf16] [--fusion=SPEC]
+                          [--profile quick|default|full] [--quick] [--cases FILE] [--thresholds FILE]
+                          [--prompt TEXT ...] [--prompts-file FILE] [--no-timing] [--require-weights]
+                          [--out DIR] [--inject-fault SPEC] [--nproc N|all]
 
-Certify the VTP port on this machine, in three steps:
+Certify the VTP port on this machine, in three steps (after a check of every option, in seconds):
   1. environment check  python -m verify.env_check        (Python, torch, torch_npu/CANN, device, weights, disk)
   2. inference demo     python ascend/inference.py        (reconstruction, CLIP zero-shot, SSL features)
-  3. accuracy + timing  python verify/accuracy_eval.py    (candidate vs the CPU fp32 reference, thresholds)
+  3. accuracy + timing  python verify/accuracy_eval.py    (every case of the profile on the candidate and on the
+                                                           CPU fp32 reference: calls A, B, A again, warm calls)
 then print the verdict table from accuracy_summary.json (python -m verify.report).
 
 options:
   --device D           auto (NPU > CUDA > CPU, default), npu, npu:N, cuda, cuda:N or cpu
   --weights DIR        checkpoint folder (default weights/VTP-Small-f16d64 when present, else synthetic
                        VTP-Small weights with a NOTICE)
-  --precision P        fp32 (default, strict: no TF32/HF32), fp16 or bf16 (autocast)
-  --fusion SPEC        fused-operator rules: all (default), none, a comma list (gelu,layernorm) or a YAML file
-  --quick              fewer images and timed iterations, no cold-process load timing (minutes -> seconds)
-  --no-timing          accuracy only, no latency measurement
-  --require-weights    a missing checkpoint is an error (exit 2) instead of synthetic weights
+  --precision P        fp32 (default, strict: no TF32/HF32), fp16 or bf16 (autocast; also judged against the
+                       reference model run on the CPU at the same precision)
+  --fusion=SPEC        fused-operator rules: all (default), none, only some (gelu,layernorm), all but some
+                       (-gelu,-rope: write it with '=' so that the leading '-' is not read as an option) or a
+                       YAML file
+  --profile P          cases of verify/cases.yaml: quick, default (the default) or full
+  --quick              same as --profile quick: batch 1 and a second shape, short and long prompts, 3 timed
+                       calls, no cold-process load timing (budget 45 s on synthetic Small and 2 CPU cores,
+                       against 120 s for the default profile; see README)
+  --cases FILE         a cases file of your own (schema vtp-cases/1, see verify/cases.yaml)
+  --thresholds FILE    a thresholds file of your own (schema vtp-thresholds/2, see verify/thresholds.yaml)
+  --prompt TEXT        a prompt of your own, one per option (commas belong to the prompt); repeatable
+  --prompts-file FILE  prompts, one per line (UTF-8; blank lines and lines starting with # are ignored)
+  --no-timing          accuracy only: no latency measurement (the warm calls still run and are compared)
+  --require-weights    a missing checkpoint, or saved synthetic weights, is an error (exit 2)
   --out DIR            where every output goes (default verify_out/<timestamp>):
-                         log.txt, console.txt, env.json, output/reconstructed.png,
+                         log.txt, console.txt, env.json, output/reconstructed.png, output/input.png,
                          accuracy_summary.json, fusion_result.json
-                       (a reused folder: earlier results are removed, log.txt and console.txt appended)
+                       (a reused folder: earlier results are removed, log.txt and console.txt appended;
+                       a folder that another run is using is refused)
   --inject-fault SPEC  harness self-test: perturb one module's output on the candidate only, MODULE=FACTOR or
                        MODULE=nan (e.g. trunk.blocks.0=1.02); a sound harness must then FAIL (exit 1)
+  --nproc N|all        certify N devices of this server at once, one process per device over torchrun
+                       (python -m verify.server; default 1; all = every visible device)
   -h, --help           show this help
 
 Relative paths are taken from the current directory. The interpreter is $PYTHON, else `python` on PATH.
@@ -36,14 +52,16 @@ Relative paths are taken from the current directory. The interpreter is $PYTHON,
 examples:
   bash run_verify.sh --device npu --require-weights --weights weights/VTP-Small-f16d64 --out verify_out/npu
   bash run_verify.sh --device cpu --quick
-  bash run_verify.sh --device npu:0 --precision bf16 --fusion none
+  bash run_verify.sh --device npu:0 --precision bf16 --fusion=-rope --prompt 'a dog, sleeping'
 
 exit status:
-  0  PASS: the environment is ready, the demo ran, every accuracy check passed
-  1  verification FAILED: an accuracy check failed, or the demo or the evaluation crashed or gave NaN/Inf
-     on a working environment
-  2  environment or usage error: unknown option, environment check failed, missing weights, bad device
-EOF
+  0    PASS: the environment is ready, the demo ran, every case, call and check passed
+  1    verification FAILED: a case or check failed, or the demo or the evaluation crashed or gave NaN/Inf
+       on a working environment
+  2    environment or usage error: a bad option or file, an unwritable or busy --out, the environment check
+       failed, missing weights, a bad device
+  130  interrupted (Ctrl-C): the console and log.txt say at which step
+USAGE
 }
 
 usage_error() {
@@ -59,11 +77,16 @@ DEVICE="auto"
 WEIGHTS=""
 PRECISION="fp32"
 FUSION="all"
-QUICK=0
+PROFILE="default"
+CASES=""
+THRESHOLDS=""
 NO_TIMING=0
 REQUIRE_WEIGHTS=0
 OUT=""
 FAULT=""
+NPROC="1"
+PROMPTS=()
+PROMPTS_FILE=""
 
 while (($#)); do
     opt="$1"
@@ -75,7 +98,8 @@ while (($#)); do
         has_value=1
     fi
     case "$opt" in
-        --device | --weights | --precision | --fusion | --out | --inject-fault)
+        --device | --weights | --precision | --fusion | --out | --inject-fault | --profile | --cases | \
+            --thresholds | --prompt | --prompts-file | --nproc)
             if ((!has_value)); then
                 (($# >= 2)) || usage_error "option $opt needs a value"
                 value="$2"
@@ -89,12 +113,18 @@ while (($#)); do
                 --fusion) FUSION="$value" ;;
                 --out) OUT="$value" ;;
                 --inject-fault) FAULT="$value" ;;
+                --profile) PROFILE="$value" ;;
+                --cases) CASES="$value" ;;
+                --thresholds) THRESHOLDS="$value" ;;
+                --prompt) PROMPTS+=("$value") ;;
+                --prompts-file) PROMPTS_FILE="$value" ;;
+                --nproc) NPROC="$value" ;;
             esac
             ;;
         --quick | --no-timing | --require-weights)
             ((!has_value)) || usage_error "option $opt takes no value"
             case "$opt" in
-                --quick) QUICK=1 ;;
+                --quick) PROFILE="quick" ;;
                 --no-timing) NO_TIMING=1 ;;
                 --require-weights) REQUIRE_WEIGHTS=1 ;;
             esac
@@ -115,6 +145,7 @@ case "$PRECISION" in
     fp32 | fp16 | bf16) ;;
     *) usage_error "--precision must be fp32, fp16 or bf16, got '$PRECISION'" ;;
 esac
+[[ "$NPROC" == "all" || "$NPROC" =~ ^[1-9][0-9]*$ ]] || usage_error "--nproc must be a positive integer or 'all', got '$NPROC'"
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     printf 'run_verify.sh: no Python interpreter: %s is not on PATH (set PYTHON=/path/to/python)\n' "$PYTHON" >&2
     exit 2
@@ -124,16 +155,51 @@ if [[ -z "$OUT" ]]; then
     OUT="verify_out/$(date +%Y%m%d-%H%M%S)"
     [[ ! -e "$OUT" ]] || OUT="$OUT-$$"
 fi
-mkdir -p "$OUT" || { printf 'run_verify.sh: cannot create the output folder %s\n' "$OUT" >&2; exit 2; }
-# A reused --out folder: results of an earlier run must not pass for this run's (log.txt and console.txt
-# are appended to, one header per run).
-rm -f "$OUT/env.json" "$OUT/accuracy_summary.json" "$OUT/fusion_result.json" "$OUT/output/reconstructed.png"
-LOG="$OUT/log.txt"
-CONSOLE="$OUT/console.txt"
+if ! mkdir -p "$OUT" 2>/dev/null || ! : 2>/dev/null >>"$OUT/.write-test"; then
+    printf 'run_verify.sh: --out %s: cannot create or write to this folder; choose a writable folder with --out DIR\n' \
+        "$OUT" >&2
+    exit 2
+fi
+rm -f "$OUT/.write-test"
+
+# One run per output folder: a second run on the same --out would interleave the logs, overwrite the summary
+# and slow both runs' timings down. The lock is released when this shell exits, however it exits.
+LOCK="$OUT/.run_verify.lock"
+exec 9>>"$LOCK"
+if ! flock -n 9; then
+    owner="$(cat "$OUT/.run_verify.owner" 2>/dev/null || echo 'another run')"
+    printf 'run_verify.sh: --out %s is in use by %s; wait for it to finish or choose another --out\n' \
+        "$OUT" "$owner" >&2
+    exit 2
+fi
+printf 'run_verify.sh pid %s, started %s on %s\n' "$$" "$(date '+%Y-%m-%d %H:%M:%S')" "$(hostname)" \
+    >"$OUT/.run_verify.owner"
 
 # The package is imported from this checkout, whatever the current directory (no install needed).
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+
+# Every option, file and the weights folder, checked before any step spends time (exit 2 on a problem).
+pre_args=(--fusion="$FUSION" --profile "$PROFILE")
+[[ -z "$WEIGHTS" ]] || pre_args+=(--weights "$WEIGHTS")
+[[ -z "$FAULT" ]] || pre_args+=(--inject-fault "$FAULT")
+[[ -z "$CASES" ]] || pre_args+=(--cases "$CASES")
+[[ -z "$THRESHOLDS" ]] || pre_args+=(--thresholds "$THRESHOLDS")
+for prompt in "${PROMPTS[@]+"${PROMPTS[@]}"}"; do pre_args+=(--prompt "$prompt"); done
+if ! "$PYTHON" -m verify.preflight "${pre_args[@]}"; then
+    printf "run_verify.sh: fix the options above, then run again. Try 'bash run_verify.sh --help'.\n" >&2
+    exit 2
+fi
+if [[ -n "$PROMPTS_FILE" && ! -r "$PROMPTS_FILE" ]]; then
+    usage_error "--prompts-file $PROMPTS_FILE: no such readable file"
+fi
+
+# A reused --out folder: results of an earlier run must not pass for this run's (log.txt and console.txt
+# are appended to, one header per run).
+rm -f "$OUT/env.json" "$OUT/accuracy_summary.json" "$OUT/fusion_result.json" "$OUT/output/reconstructed.png" \
+    "$OUT/output/input.png"
+LOG="$OUT/log.txt"
+CONSOLE="$OUT/console.txt"
 
 if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then
     BOLD=$'\033[1m' GREEN=$'\033[32m' RED=$'\033[31m' RESET=$'\033[0m'
@@ -149,24 +215,62 @@ say() {
     printf '%s\n' "$*" >>"$CONSOLE"
 }
 
+STEP="0/3: options"
 step() {
+    STEP="$1"
     say ""
     say "===== run_verify.sh step $1 ($(date '+%Y-%m-%d %H:%M:%S')) ====="
+}
+
+# Ctrl-C (or SIGTERM): stop every process of the current step, say where the run stopped, exit 130. The
+# steps run in the background and are waited for, so that the signal is handled at once.
+kill_tree() {
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$child"; done
+    kill -TERM "$1" 2>/dev/null || true
+}
+on_interrupt() {
+    trap '' INT TERM
+    local job
+    for job in $(jobs -p); do kill_tree "$job"; done
+    wait 2>/dev/null || true
+    say ""
+    say "run_verify.sh: interrupted at step $STEP: the run was stopped; no verdict (results of finished steps" \
+        "are kept, none is half-written)"
+    printf 'VERDICT: INTERRUPTED\n' | tee -a "$LOG" "$CONSOLE"
+    exit 130
+}
+trap on_interrupt INT TERM
+
+# run_step CMD...: the command's output to the terminal and console.txt (and log.txt with --log-too), its exit
+# status in $rc.
+run_step() {
+    local also_log=0
+    if [[ "$1" == "--log-too" ]]; then also_log=1; shift; fi
+    if ((also_log)); then
+        ( set -o pipefail; "$@" 2>&1 | tee -a "$CONSOLE" "$LOG" ) &
+    else
+        ( set -o pipefail; "$@" 2>&1 | tee -a "$CONSOLE" ) &
+    fi
+    rc=0
+    wait $! || rc=$?
 }
 
 common=(--device "$DEVICE")
 [[ -z "$WEIGHTS" ]] || common+=(--weights "$WEIGHTS")
 ((!REQUIRE_WEIGHTS)) || common+=(--require-weights)
+prompt_args=()
+for prompt in "${PROMPTS[@]+"${PROMPTS[@]}"}"; do prompt_args+=(--prompt "$prompt"); done
+[[ -z "$PROMPTS_FILE" ]] || prompt_args+=(--prompts-file "$PROMPTS_FILE")
 
 say "===== run_verify.sh $(date '+%Y-%m-%d %H:%M:%S'): device=$DEVICE precision=$PRECISION fusion=$FUSION" \
-    "weights=${WEIGHTS:-default} quick=$QUICK out=$OUT ====="
+    "weights=${WEIGHTS:-default} profile=$PROFILE nproc=$NPROC out=$OUT ====="
 [[ -z "$FAULT" ]] || say "harness self-test: --inject-fault $FAULT (the candidate is perturbed on purpose: expect FAIL)"
 
 # ---- 1. environment ------------------------------------------------------------------------------
 step "1/3: environment check"
-env_rc=0
-"$PYTHON" -m verify.env_check "${common[@]}" --out "$OUT" --json "$OUT/env.json" 2>&1 |
-    tee -a "$CONSOLE" "$LOG" || env_rc=$?
+run_step --log-too "$PYTHON" -m verify.env_check "${common[@]}" --out "$OUT" --json "$OUT/env.json"
+env_rc=$rc
 if ((env_rc != 0)); then
     say "environment check failed (exit $env_rc): fix the problems listed above, then run again"
     say "outputs: $OUT (log.txt, env.json)"
@@ -176,9 +280,9 @@ fi
 # ---- 2. inference demo ---------------------------------------------------------------------------
 # ascend/inference.py appends its own lines to log.txt; the terminal copy goes to console.txt.
 step "2/3: inference demo"
-demo_rc=0
-"$PYTHON" "$ROOT/ascend/inference.py" "${common[@]}" --precision "$PRECISION" --fusion "$FUSION" \
-    --out "$OUT/output" --log "$LOG" 2>&1 | tee -a "$CONSOLE" || demo_rc=$?
+run_step "$PYTHON" "$ROOT/ascend/inference.py" "${common[@]}" --precision "$PRECISION" --fusion="$FUSION" \
+    "${prompt_args[@]+"${prompt_args[@]}"}" --out "$OUT/output" --log "$LOG"
+demo_rc=$rc
 if ((demo_rc == 2)); then
     say "inference demo: environment or usage error (exit 2): see the error above"
     say "outputs: $OUT (log.txt, env.json)"
@@ -191,12 +295,18 @@ fi
 # ---- 3. accuracy and timing ----------------------------------------------------------------------
 step "3/3: accuracy and timing"
 # --quiet: the evaluation writes its table to log.txt; the terminal gets it once, below, from verify.report
-eval_args=("${common[@]}" --precision "$PRECISION" --fusion "$FUSION" --out "$OUT" --quiet)
-((!QUICK)) || eval_args+=(--quick)
+eval_args=("${common[@]}" --precision "$PRECISION" --fusion="$FUSION" --profile "$PROFILE" --quiet)
+[[ -z "$CASES" ]] || eval_args+=(--cases "$CASES")
+[[ -z "$THRESHOLDS" ]] || eval_args+=(--thresholds "$THRESHOLDS")
 ((!NO_TIMING)) || eval_args+=(--no-timing)
 [[ -z "$FAULT" ]] || eval_args+=(--inject-fault "$FAULT")
-eval_rc=0
-"$PYTHON" "$ROOT/verify/accuracy_eval.py" "${eval_args[@]}" 2>&1 | tee -a "$CONSOLE" || eval_rc=$?
+eval_args+=("${prompt_args[@]+"${prompt_args[@]}"}")
+if [[ "$NPROC" == "1" ]]; then
+    run_step "$PYTHON" "$ROOT/verify/accuracy_eval.py" "${eval_args[@]}" --out "$OUT"
+else
+    run_step "$PYTHON" -m verify.server --nproc "$NPROC" --out "$OUT" -- "${eval_args[@]}"
+fi
+eval_rc=$rc
 
 # ---- verdict ---------------------------------------------------------------------------------------
 say ""
@@ -234,7 +344,8 @@ printf 'VERDICT: %s\n' "$verdict"
 printf 'VERDICT: %s\n' "$plain" >>"$LOG"
 printf 'VERDICT: %s\n' "$plain" >>"$CONSOLE"
 say "outputs: $OUT"
-for name in log.txt console.txt env.json output/reconstructed.png accuracy_summary.json fusion_result.json; do
+for name in log.txt console.txt env.json output/reconstructed.png output/input.png accuracy_summary.json \
+    fusion_result.json; do
     [[ ! -e "$OUT/$name" ]] || say "  $OUT/$name"
 done
 exit "$status"

@@ -35,7 +35,7 @@ def write_yaml(path, doc):
 
 # --- the shipped file ---------------------------------------------------------------------------
 def test_default_file_values(table):
-    assert table["schema"] == "vtp-thresholds/1" and table["version"] >= 2
+    assert table["schema"] == "vtp-thresholds/2" and table["version"] >= 3
     assert table["precisions"]["fp32"]["max_rel_err"] == 0.01
     assert table["precisions"]["fp32"]["min_cosine"] == 0.9999
     assert set(table["precisions"]) == {"fp32", "fp16", "bf16"}
@@ -220,7 +220,7 @@ _DELETE = object()
 @pytest.mark.parametrize(
     "dotted, value, words",
     [
-        ("schema", "vtp-thresholds/2", ["key 'schema' is 'vtp-thresholds/2'", "vtp-thresholds/1"]),
+        ("schema", "vtp-thresholds/1", ["key 'schema' is 'vtp-thresholds/1'", "vtp-thresholds/2"]),
         ("schema", _DELETE, ["missing key 'schema'"]),
         ("version", "one", ["key 'version' must be an integer >= 1"]),
         ("precisions.fp16.min_cosine", _DELETE, ["missing key 'precisions.fp16.min_cosine'"]),

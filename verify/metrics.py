@@ -43,6 +43,8 @@ __all__ = [
     "parse_json_float",
     "relative_error_mean",
     "relative_l2_error",
+    "root_mean_square",
+    "row_relative_errors",
     "top1_agreement",
 ]
 
@@ -54,6 +56,9 @@ FP32_TINY = float(torch.finfo(torch.float32).tiny)
 
 GUARD_FRACTION = 1e-3
 """The default guard of `relative_error_mean` is this fraction of the reference's mean |b|."""
+
+ROW_GUARD_FRACTION = 0.1
+"""A row's relative error divides by at least this fraction of the reference's mean row norm."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,6 +348,48 @@ def top1_agreement(pa: torch.Tensor, pb: torch.Tensor, dim: int = -1) -> float:
     return agree.to(torch.float64).mean().item()
 
 
+def root_mean_square(t: torch.Tensor) -> float:
+    """``sqrt(mean(t**2))`` over the finite elements; NaN when there are none."""
+    x = _f64(t, "tensor")
+    x = x[torch.isfinite(x)]
+    return math.sqrt(float((x * x).mean())) if x.numel() else math.nan
+
+
+def _rows(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """``x`` as (rows, features) for a row layout (see `row_relative_errors`)."""
+    if layout == "last" or x.dim() < 2:
+        return x.reshape(-1, x.shape[-1] if x.dim() else 1)
+    if layout == "channels":  # (B, C, ...) -> one row per position, over the channels
+        return x.movedim(1, -1).reshape(-1, x.shape[1])
+    if layout.startswith("patches:"):  # (B, C, H, W) -> one row per P x P tile, over C*P*P values
+        p = int(layout.split(":", 1)[1])
+        b, c, h, w = x.shape
+        if h % p or w % p:
+            return x.movedim(1, -1).reshape(-1, c)
+        return x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, c * p * p)
+    raise ValueError(f"unknown row layout {layout!r}: use 'last', 'channels' or 'patches:P'")
+
+
+def row_relative_errors(a: torch.Tensor, b: torch.Tensor, layout: str = "last") -> torch.Tensor:
+    """Relative L2 error of every row: ``||a_i - b_i|| / max(||b_i||, g)``, float64 on CPU.
+
+    Rows are the vectors a local error lives in: ``"last"`` the last dimension (a token's features, a
+    sample's feature vector, an image's class probabilities), ``"channels"`` dimension 1 of (B, C, ...)
+    (a latent position), ``"patches:P"`` the P x P tiles of (B, C, H, W) images (a decoder tile).
+    ``g = ROW_GUARD_FRACTION * mean_i ||b_i||`` keeps near-zero rows from dominating. Non-finite
+    elements are set to 0 on both sides (they are judged by the NaN/Inf rules). Empty -> empty.
+    """
+    a64, b64 = _pair(a, b)
+    both = torch.isfinite(a64) & torch.isfinite(b64)
+    a64, b64 = torch.where(both, a64, 0.0), torch.where(both, b64, 0.0)
+    ra, rb = _rows(a64, layout), _rows(b64, layout)
+    if ra.numel() == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    ref_norm = rb.norm(dim=-1)
+    guard = max(ROW_GUARD_FRACTION * float(ref_norm.mean()), FP32_TINY)
+    return (ra - rb).norm(dim=-1) / ref_norm.clamp_min(guard)
+
+
 # --------------------------------------------------------------------------------------------
 # One record per tensor
 # --------------------------------------------------------------------------------------------
@@ -368,6 +415,7 @@ def compare_tensors(
     probabilities: bool = False,
     dim: int = -1,
     guard: Optional[float] = None,
+    rows: str = "last",
 ) -> dict:
     """Every metric of this module for one candidate/reference pair, as a JSON-safe dict.
 
@@ -401,9 +449,13 @@ def compare_tensors(
               "max_abs_error": {"value": num, "index": null | [int],
                                 "candidate": num, "reference": num},
               "over_tolerance": {"count": int, "fraction": num},   # counts every element
+              "row_relative_error": {"max": num, "row": null | int, "rows": int, "layout": str},
+              "max_abs_scaled": num,   # max |a-b| / max |b| (finite positions)
               "top1_agreement": num,   # only with probabilities=True
               "top1_rows": int}        # only with probabilities=True
         }
+
+    ``rows`` is the row layout of `row_relative_errors` ("last", "channels", "patches:P").
 
     ``num`` is a float, or the string "nan", "inf" or "-inf" (`json_float`), so the dict passes
     ``json.dumps(..., allow_nan=False)``. ``null`` entries are None when shape_mismatch or empty.
@@ -458,6 +510,16 @@ def compare_tensors(
             "fraction": json_float(fraction_over_tolerance(a64, b64, rtol, atol)),
         },
     }
+    row_err = row_relative_errors(a64, b64, rows)
+    worst_row = int(row_err.argmax()) if row_err.numel() else None
+    metrics["row_relative_error"] = {
+        "max": json_float(float(row_err.max()) if row_err.numel() else math.nan),
+        "row": worst_row, "rows": int(row_err.numel()), "layout": rows,
+    }
+    fb_vals = _finite_pair(a64, b64)[1]
+    scale = float(fb_vals.abs().max()) if fb_vals.numel() else math.nan
+    metrics["max_abs_scaled"] = json_float(worst.value / scale if scale and scale > 0 else
+                                           (0.0 if worst.value == 0 else math.inf))
     if probabilities:
         metrics["top1_agreement"] = json_float(top1_agreement(a64, b64, dim=dim))
         metrics["top1_rows"] = a64.numel() // a64.size(dim)

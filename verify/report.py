@@ -123,7 +123,12 @@ def weights_line(weights: dict) -> str:
 
 
 def report_lines(summary: dict, source: str = "") -> list:
-    """The verdict table; keys it does not know are ignored, missing optional ones print as '-'."""
+    """The verdict table; keys it does not know are ignored, missing optional ones print as '-'.
+    Schema 2 (cases and checks) is printed grouped by case by verify.table."""
+    if isinstance(summary.get("cases"), list):
+        from verify.table import summary_lines
+
+        return summary_lines(summary, source)
     candidate = summary.get("candidate") if isinstance(summary.get("candidate"), dict) else {}
     weights = summary.get("weights") if isinstance(summary.get("weights"), dict) else {}
     lines = [f"VTP verification report{f' ({source})' if source else ''}, created {summary.get('created', '-')}"]

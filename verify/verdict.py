@@ -64,7 +64,7 @@ __all__ = [
     "validate_thresholds",
 ]
 
-THRESHOLDS_SCHEMA = "vtp-thresholds/1"
+THRESHOLDS_SCHEMA = "vtp-thresholds/2"
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_THRESHOLDS_PATH = Path(__file__).with_name("thresholds.yaml")
 PASS, FAIL = "PASS", "FAIL"
@@ -74,10 +74,19 @@ _KEY_SPECS = {
     "max_rel_err": (True, 0.0, math.inf, False),
     "min_cosine": (True, -1.0, 1.0, True),
     "max_rel_l2": (False, 0.0, math.inf, True),
+    "max_row_rel_err": (False, 0.0, math.inf, True),
+    "max_frac_over_tol": (False, 0.0, 1.0, True),
+    "tol_rtol": (False, 0.0, math.inf, True),
+    "tol_atol_scaled": (False, 0.0, math.inf, True),
+    "max_abs_scaled": (False, 0.0, math.inf, True),
     "min_top1": (False, 0.0, 1.0, True),
     "max_prob_abs": (False, 0.0, math.inf, True),
+    "max_error_ratio": (False, 1.0, math.inf, True),
+    "error_ratio_floor": (False, 0.0, math.inf, True),
+    "repeat_max_abs_scaled": (False, 0.0, math.inf, True),
 }
 THRESHOLD_KEYS = tuple(_KEY_SPECS)
+REQUIREMENT_KEYS = ("max_rel_err", "min_cosine")  # the user's stated requirement: a floor, reported as such
 _TOP_LEVEL_KEYS = ("schema", "version", "precisions", "overrides")
 
 
@@ -309,16 +318,44 @@ def _where_worst(record: Mapping) -> str:
     return "".join("; " + p for p in parts)
 
 
-# (metric key in record["metrics"], threshold key, comparison that FAILS, probabilities only)
+# (metric path in record["metrics"], its name in reason lines, threshold key, comparison that FAILS,
+#  probabilities only)
 _RULES = (
-    ("relative_error_mean", "max_rel_err", ">=", False),
-    ("cosine_similarity", "min_cosine", "<", False),
-    ("relative_l2_error", "max_rel_l2", ">", False),
-    ("top1_agreement", "min_top1", "<", True),
-    ("max_abs_error", "max_prob_abs", ">", True),
+    ("relative_error_mean", "relative_error_mean", "max_rel_err", ">=", False),
+    ("cosine_similarity", "cosine_similarity", "min_cosine", "<", False),
+    ("relative_l2_error", "relative_l2_error", "max_rel_l2", ">", False),
+    ("row_relative_error.max", "worst_row_relative_error", "max_row_rel_err", ">", False),
+    ("over_tolerance.fraction", "fraction_over_tolerance", "max_frac_over_tol", ">", False),
+    ("max_abs_scaled", "max_abs_error/max|reference|", "max_abs_scaled", ">", False),
+    ("top1_agreement", "top1_agreement", "min_top1", "<", True),
+    ("max_abs_error.value", "max_abs_error", "max_prob_abs", ">", True),
 )
+# fp16/bf16: the candidate's error against the same fused model on the CPU at that precision (its own error to
+# the fp32 reference): value = candidate error / max(same-precision error, error_ratio_floor)
+_RATIO_RULES = (("relative_l2_error", "error_ratio_rel_l2"), ("row_relative_error.max", "error_ratio_row"))
 _FAILS = {">=": lambda v, t: v >= t, "<": lambda v, t: v < t, ">": lambda v, t: v > t}
 _PASSES_AS = {">=": "<", "<": ">=", ">": "<="}
+
+
+def _metric(metrics: Mapping, path: str):
+    value = metrics
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def _gate(gate: str, metric: str, value: float, limit: float, fails_as: str, failed: bool) -> dict:
+    """One gate's outcome. margin > 0 passes: limit - value for upper limits, value - limit for lower
+    ones; used = value / limit (the share of an upper limit's budget the value takes)."""
+    upper = fails_as != "<"
+    return {"gate": gate, "metric": metric, "value": _json(value), "threshold": limit,
+            "margin": _json(limit - value if upper else value - limit),
+            "used": _json(value / limit) if upper and limit > 0 else None,
+            "kind": "requirement" if gate in REQUIREMENT_KEYS else "gate", "passed": not failed}
+
+
+def _json(x: float):
+    return x if math.isfinite(x) else ("nan" if math.isnan(x) else ("inf" if x > 0 else "-inf"))
 
 
 def _nonfinite_reasons(name: str, record: Mapping) -> list:
@@ -359,47 +396,65 @@ def _reasons_and_checks(name: str, record, limits: Mapping):
     if not isinstance(record, Mapping) or record.get("schema") != COMPARE_SCHEMA:
         got = record.get("schema") if isinstance(record, Mapping) else type(record).__name__
         return [f"{name}: not a compare_tensors record (schema {got!r}, expected "
-                f"{COMPARE_SCHEMA!r}); cannot PASS"], []
+                f"{COMPARE_SCHEMA!r}); cannot PASS"], [], []
     cand, ref = record.get("candidate") or {}, record.get("reference") or {}
     if record.get("shape_mismatch"):
         return [f"{name}: shape mismatch: candidate {_shape(cand)} vs reference {_shape(ref)}; "
-                f"no metrics computed"], []
+                f"no metrics computed"], [], []
     if record.get("empty"):
         return [f"{name}: empty output: candidate numel {cand.get('numel', '?')}, reference numel "
-                f"{ref.get('numel', '?')}; nothing to certify"], []
+                f"{ref.get('numel', '?')}; nothing to certify"], [], []
 
     reasons = _nonfinite_reasons(name, record)
     metrics = record.get("metrics")
     if not isinstance(metrics, Mapping):
-        return reasons + [f"{name}: metrics missing from the record; cannot PASS"], []
+        return reasons + [f"{name}: metrics missing from the record; cannot PASS"], [], []
     where = _where_worst(record)
-    checks = []
-    for metric, key, fails_as, probabilities_only in _RULES:
-        limit = limits.get(key)
-        if limit is None or (probabilities_only and not record.get("probabilities")):
-            continue
-        raw = metrics.get(metric)
-        if isinstance(raw, Mapping):  # max_abs_error: {"value": ..., "index": ...}
-            raw = raw.get("value")
+    checks, gates = [], []
+
+    def apply(metric, key, fails_as, raw, limit, gate_name=None):
+        gate_name = gate_name or key
         try:
             value = parse_json_float(raw)
         except ValueError:
             reasons.append(f"{name}: {metric} is unreadable ({raw!r}); cannot PASS "
                            f"(threshold {key} {_fmt_limit(limit)})")
-            continue
+            return
         if value is None:
-            reasons.append(f"{name}: {metric} missing; cannot PASS "
-                           f"(threshold {key} {_fmt_limit(limit)})")
+            reasons.append(f"{name}: {metric} missing; cannot PASS (threshold {key} {_fmt_limit(limit)})")
         elif math.isnan(value):
             reasons.append(f"{name}: {metric} is NaN (no position finite on both sides?); cannot "
                            f"PASS (threshold {key} {_fmt_limit(limit)}){where}")
+            gates.append(_gate(gate_name, metric, value, limit, fails_as, True))
         elif _FAILS[fails_as](value, limit):
             reasons.append(f"{name}: {metric} {_fmt(value, limit)} {fails_as} {_fmt_limit(limit)} "
                            f"(threshold {key}){where}")
+            gates.append(_gate(gate_name, metric, value, limit, fails_as, True))
         else:
-            passes_as = _PASSES_AS[fails_as]
-            checks.append(f"{metric} {_fmt(value, limit)} {passes_as} {_fmt_limit(limit)}")
-    return reasons, checks
+            checks.append(f"{metric} {_fmt(value, limit)} {_PASSES_AS[fails_as]} {_fmt_limit(limit)}")
+            gates.append(_gate(gate_name, metric, value, limit, fails_as, False))
+
+    for path, label, key, fails_as, probabilities_only in _RULES:
+        limit = limits.get(key)
+        if limit is None or (probabilities_only and not record.get("probabilities")):
+            continue
+        apply(label, key, fails_as, _metric(metrics, path), limit)
+    ratio_limit, same = limits.get("max_error_ratio"), metrics.get("same_precision")
+    if ratio_limit is not None and isinstance(same, Mapping):
+        floor = limits.get("error_ratio_floor") or 0.0
+        for path, gate_name in _RATIO_RULES:
+            try:
+                cand, own = parse_json_float(_metric(metrics, path)), parse_json_float(_metric(same, path))
+            except ValueError:
+                cand = own = None
+            if cand is None or own is None:
+                reasons.append(f"{name}: {gate_name}: {path} missing for the candidate or the same-precision "
+                               f"reference; cannot PASS")
+                continue
+            ratio = cand / max(own, floor) if max(own, floor) > 0 else (0.0 if cand == 0 else math.inf)
+            metric = f"{path.split('.')[0]} vs same-precision CPU ({_fmt(cand)} vs {_fmt(own)}, floor {floor:g})"
+            apply(metric, "max_error_ratio", ">", ratio, ratio_limit, gate_name)
+    return reasons, checks, gates
 
 
 def judge(metrics: Mapping, thresholds: Mapping, *, precision: Optional[str] = None) -> dict:
@@ -413,7 +468,7 @@ def judge(metrics: Mapping, thresholds: Mapping, *, precision: Optional[str] = N
     """
     name = str(metrics.get("name", "<unnamed>")) if isinstance(metrics, Mapping) else "<unnamed>"
     limits = _resolve(thresholds, precision, name)
-    reasons, checks = _reasons_and_checks(name, metrics, limits)
+    reasons, checks, gates = _reasons_and_checks(name, metrics, limits)
     verdict = FAIL if reasons else PASS
     if verdict == PASS:
         excluded = ""
@@ -430,6 +485,7 @@ def judge(metrics: Mapping, thresholds: Mapping, *, precision: Optional[str] = N
         "reasons": reasons,
         "summary": summary,
         "thresholds": dict(limits),
+        "gates": gates,
     }
 
 

@@ -1,0 +1,132 @@
+"""Check every option of a certification run in the first seconds, before any model is loaded.
+
+    python -m verify.preflight --weights DIR --fusion=-gelu --inject-fault trunk.blocks.0=1.02 --profile quick
+
+run_verify.sh runs this first, so that a malformed --inject-fault, an unknown fusion rule, a bad cases or
+thresholds file, an unwritable --out or a weights folder whose files cannot be read (a zero-byte
+model.safetensors, say) is an error (exit 2) before the environment check, the demo and the evaluation
+spend their minutes. Every problem is listed, not only the first. Exit 0: ready; 2: usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def check_weights_folder(folder: Path) -> list:
+    """Problems of a checkpoint folder that can be seen without loading it: config.json readable, a weights
+    file present and not empty, a safetensors header that parses."""
+    if not folder.is_dir():
+        return [f"--weights {folder}: no such folder"]
+    problems = []
+    config = folder / "config.json"
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"--weights {folder}: no config.json (an official checkpoint folder has config.json and "
+                        "model.safetensors; see weights/README.md)")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        problems.append(f"--weights {config}: not a readable JSON file ({e})")
+    present = [folder / name for name in WEIGHT_FILES if (folder / name).exists()]
+    if not present:
+        problems.append(f"--weights {folder}: no weights file ({', '.join(WEIGHT_FILES)})")
+    for path in present:
+        size = path.stat().st_size
+        if size == 0:
+            problems.append(f"--weights {path}: the file is empty (0 bytes): a failed download or copy; fetch it "
+                            "again (python -m vtp.weights download ...) or place it by hand")
+        elif path.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as f:
+                    f.keys()
+            except Exception as e:  # header unreadable: truncated or not safetensors
+                problems.append(f"--weights {path}: not a readable safetensors file ({size} bytes; {e})")
+    return problems
+
+
+def check_out_folder(out: Path) -> list:
+    """The output folder can be created and written (probed with a temporary file)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        return [f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder with --out DIR"]
+    return []
+
+
+def problems_of(args) -> list:
+    from ascend.fusion import parse_fusion_spec
+    from verify.cases import CasesError, load_cases
+    from verify.faults import UsageError, parse_fault
+    from verify.verdict import ThresholdsError, load_thresholds
+
+    problems = []
+    if args.out is not None:
+        problems += check_out_folder(args.out)
+    try:
+        parse_fusion_spec(args.fusion)
+    except ValueError as e:
+        problems.append(f"--fusion {args.fusion!r}: {e}")
+    if args.inject_fault:
+        try:
+            parse_fault(args.inject_fault)
+        except UsageError as e:
+            problems.append(str(e))
+    try:
+        doc = load_cases(args.cases)
+        if args.profile not in doc["profiles"]:
+            problems.append(f"--profile {args.profile!r}: no such profile in {doc['source']} "
+                            f"(known: {', '.join(doc['profiles'])})")
+    except CasesError as e:
+        problems.append(f"--cases: {e}")
+    try:
+        load_thresholds(args.thresholds)
+    except (ThresholdsError, FileNotFoundError) as e:
+        problems.append(f"--thresholds: {e}")
+    if args.weights is not None:
+        problems += check_weights_folder(args.weights)
+    if args.reference is not None and not (args.reference / "manifest.json").is_file():
+        problems.append(f"--reference {args.reference}: no golden set here (manifest.json missing); make one with "
+                        "--save-golden DIR")
+    for prompt in args.prompt or []:
+        if not prompt.strip():
+            problems.append("--prompt: an empty prompt")
+    return problems
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m verify.preflight", description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", type=Path, help="checkpoint folder to check")
+    p.add_argument("--fusion", default="all", help="fusion spec to check")
+    p.add_argument("--inject-fault", help="fault spec to check (MODULE=FACTOR or MODULE=nan)")
+    p.add_argument("--cases", type=Path, help="cases YAML (default verify/cases.yaml)")
+    p.add_argument("--profile", default="default", help="profile that must exist in the cases file")
+    p.add_argument("--thresholds", type=Path, help="thresholds YAML (default verify/thresholds.yaml)")
+    p.add_argument("--reference", type=Path, help="golden set folder that must exist")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    p.add_argument("--out", type=Path, help="output folder that must be writable")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    problems = problems_of(args)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

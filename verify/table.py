@@ -1,0 +1,150 @@
+"""The console table of a vtp-accuracy-summary/2 run, grouped by case (used by verify.report).
+
+One block per case: a row per call (A, B, warm) and tensor with the decisive metrics and the smallest
+margin; then the failures (each names the case, the call, the tensor and the gate), the repeat and
+determinism findings, the coverage of the profile, and the timings with their stability.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def _num(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    if abs(value) < 1e-3 or abs(value) >= 1e4:
+        return f"{value:.3g}"
+    return f"{value:.7f}".rstrip("0").rstrip(".")
+
+
+def _ms(value) -> str:
+    return f"{value:9.1f} ms" if isinstance(value, (int, float)) else "        - ms"
+
+
+def _get(d, *path):
+    for p in path:
+        d = d.get(p) if isinstance(d, dict) else None
+    return d
+
+
+def _tightest(gates) -> str:
+    """The gate with the least headroom: "gate used%" for an upper limit, else "gate margin"."""
+    best = None
+    for g in gates or []:
+        used = g.get("used")
+        key = used if isinstance(used, (int, float)) else None
+        if key is None:
+            continue
+        if best is None or key > best[0]:
+            best = (key, g["gate"])
+    return "-" if best is None else f"{best[1]} {best[0] * 100:.0f}%"
+
+
+def case_lines(summary: dict) -> list:
+    header = (f"{'case@call':<34} {'tensor':<20} {'rel_err':>9} {'cosine':>10} {'rel_l2':>9} {'row_max':>9} "
+              f"{'over_tol':>9} {'abs/scale':>9}  {'tightest gate (used)':<26} verdict")
+    lines = [header, "-" * len(header)]
+    current = None
+    for call in summary.get("cases") or []:
+        if call.get("case") != current and current is not None:
+            lines.append("")
+        current = call.get("case")
+        for t in call.get("tensors") or []:
+            m = _get(t, "metrics", "metrics") or {}
+            lines.append(
+                f"{call.get('id', '?'):<34} {t.get('name', '?'):<20} {_num(m.get('relative_error_mean')):>9} "
+                f"{_num(m.get('cosine_similarity')):>10} {_num(m.get('relative_l2_error')):>9} "
+                f"{_num(_get(m, 'row_relative_error', 'max')):>9} {_num(_get(m, 'over_tolerance', 'fraction')):>9} "
+                f"{_num(m.get('max_abs_scaled')):>9}  {_tightest(t.get('gates')):<26} {t.get('verdict', '?')}")
+    return lines
+
+
+def check_lines(summary: dict) -> list:
+    lines = []
+    repeats = [c for c in summary.get("checks") or [] if c.get("check") == "repeat"]
+    if repeats:
+        nondet = [c for c in repeats if not c.get("deterministic")]
+        failed = [c for c in repeats if c.get("verdict") != "PASS"]
+        lines.append(f"repeat (A, B, A again; warm calls): {len(repeats) - len(failed)}/{len(repeats)} cases "
+                     f"answer A the same way; determinism: "
+                     + ("bit-identical in every case" if not nondet else
+                        "NOT bit-identical in " + ", ".join(f"{c['id']} (max|a-b|/max|b| {_num(c.get('max_abs_scaled'))})"
+                                                            for c in nondet)))
+    for c in summary.get("checks") or []:
+        if c.get("check") == "coverage":
+            d = c.get("detail") or {}
+            lines.append(f"coverage ({c.get('id')}): batches {d.get('batches')}, sizes {d.get('sizes')}, "
+                         f"{d.get('prompts')} prompts up to {d.get('longest_prompt_tokens')} tokens "
+                         f"({d.get('truncated_prompts')} truncated), max token id {d.get('max_token_id')}"
+                         + (f"; gaps: {'; '.join(d['gaps'])}" if d.get("gaps") else ""))
+    return lines
+
+
+def timing_lines(summary: dict) -> list:
+    timings = summary.get("timings") or {}
+    tasks = timings.get("tasks") or {}
+    lines = []
+    if tasks:
+        lines.append(f"timing ({timings.get('warmup', '?')} warm-up, {timings.get('iters', '?')} timed calls; "
+                     "the last timed answer is compared too):")
+        for name, r in tasks.items():
+            flag = "  UNSTABLE" if r.get("unstable") else ""
+            lines.append(f"  {name:<28} first {_ms(r.get('first_call_ms'))}  median {_ms(r.get('median_ms'))}  "
+                         f"p90 {_ms(r.get('p90_ms'))}  min {_ms(r.get('min_ms'))}  (n={r.get('n', '?')}){flag}")
+        if timings.get("unstable_note"):
+            lines.append(f"  NOTE: {timings['unstable_note']}")
+    else:
+        lines.append("timing: not measured (--no-timing)")
+    load = timings.get("machine_load") or {}
+    if load.get("start") and load.get("end"):
+        lines.append(f"  machine load (1 min): {load['start']['1min']:.2f} at start, {load['end']['1min']:.2f} at "
+                     f"end, {load['end'].get('cpus')} CPUs")
+    other = []
+    if timings.get("load_in_process_s") is not None:
+        other.append(f"  weights loaded in process: {timings['load_in_process_s'] * 1e3:.1f} ms")
+    h = timings.get("harness")
+    if isinstance(h, dict) and h.get("overhead_fraction_of_compute") is not None:
+        other.append(f"  harness: {h['total_s']:.1f} s in all, {h['model_compute_s']:.1f} s model compute, "
+                     f"{h['overhead_s']:.2f} s overhead ({h['overhead_fraction_of_compute'] * 100:.1f} % of compute)")
+    if other:
+        lines.append("run:")
+        lines += other
+    return lines
+
+
+def summary_lines(summary: dict, source: str = "") -> list:
+    """The whole report of a vtp-accuracy-summary/2 summary: header, cases, failures, checks, timing, verdict."""
+    cand, weights = summary.get("candidate") or {}, summary.get("weights") or {}
+    profile = summary.get("profile") or {}
+    lines = [f"VTP verification report{f' ({source})' if source else ''}, created {summary.get('created', '-')}",
+             f"candidate: {cand.get('device', '-')} {cand.get('precision', '-')} fusion={cand.get('fusion', '-')}; "
+             f"reference: cpu fp32 unfused; profile {profile.get('profile', '-')} (cases file "
+             f"{profile.get('file', '-')}, version {profile.get('version', '-')})"]
+    if weights.get("kind") == "synthetic":
+        lines.append(f"weights: SYNTHETIC ({weights.get('source', '-')}): the numbers measure the computation, "
+                     "not the published model")
+    else:
+        lines.append(f"weights: {weights.get('path', '-')} ({weights.get('kind', '-')})")
+    if cand.get("injected_fault"):
+        f = cand["injected_fault"]
+        lines.append(f"HARNESS SELF-TEST: fault injected on the candidate at {f.get('module')} -> {f.get('fault')}")
+    if cand.get("note"):
+        lines.append(f"NOTE: {cand['note']}")
+    lines += case_lines(summary)
+    reasons = (summary.get("overall") or {}).get("reasons") or []
+    if reasons:
+        lines.append(f"failures ({len(reasons)}):")
+        lines += [f"  {r}" for r in reasons[:40]]
+        if len(reasons) > 40:
+            lines.append(f"  ... {len(reasons) - 40} more in accuracy_summary.json")
+    lines += check_lines(summary)
+    lines += timing_lines(summary)
+    lines.append(f"VERDICT: {summary.get('verdict', '-')}")
+    return lines
