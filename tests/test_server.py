@@ -204,8 +204,8 @@ Root Cause (first observed failure):
 
 def test_torchrun_failure_report_is_parsed():
     failures = server_launch.parse_torchrun_failures(TORCHRUN_REPORT)
-    assert failures[3] == {"exitcode": -9, "pid": 15972, "text": "killed by SIGKILL (pid 15972)"}
-    assert failures[0]["text"] == "exited with code 143 (pid 15971)"
+    assert failures[3] == {"exitcode": -9, "pid": 15972, "text": "killed by SIGKILL (pid 15972)", "root_cause": True}
+    assert failures[0]["text"] == "exited with code 143 (pid 15971)" and not failures[0]["root_cause"]
 
 
 def _status(rank, stage="gather", state="running", verdict=None, **extra):
@@ -222,8 +222,12 @@ def _status(rank, stage="gather", state="running", verdict=None, **extra):
 @pytest.mark.parametrize("status, context, verdict, words", [
     (None, {}, "MISSING", "never started"),
     (_status(1, "init", "error", error="cannot init: DeviceError: no NPU"), {}, "ERROR", "cannot init"),
-    (_status(1, "certification"), {"failures": {1: {"exitcode": -9, "text": "killed by SIGKILL"}}}, "CRASHED",
-     "died in stage certification: killed by SIGKILL"),
+    (_status(1, "certification"), {"failures": {1: {"exitcode": -9, "text": "killed by SIGKILL", "root_cause": True}}},
+     "CRASHED", "died in stage certification: killed by SIGKILL"),
+    (_status(1, "init"), {"failures": {1: {"exitcode": -9, "text": "killed by SIGKILL", "root_cause": False}}},
+     "STOPPED", "after another rank failed (killed by SIGKILL)"),
+    (_status(1, "init"), {"failures": {1: {"exitcode": -15, "text": "killed by SIGTERM", "root_cause": True}}},
+     "STOPPED", "after another rank failed"),
     (_status(1, "certification", "terminated"), {"timed_out": True, "timeout_s": 30}, "TIMEOUT", "--timeout 30 s"),
     (_status(1, "certification", "terminated"), {}, "STOPPED", "after another rank failed"),
     (_status(1, "certification", "terminated"), {"interrupted": True}, "INTERRUPTED", "Ctrl-C"),
@@ -269,3 +273,15 @@ def test_descendants_are_found_through_proc():
         child.kill()
         child.wait()
     assert child.pid not in {pid for pid, _ in server_launch.alive(server_launch.descendants(os.getpid()))}
+
+
+def test_rank_that_cannot_init_is_an_environment_error(tmp_path):
+    out = tmp_path / "noinit"
+    start = time.monotonic()
+    done, summary = run_server(out, 2, "--collectives-only", env={"VTP_SELFTEST_INIT_FAIL_RANK": "1"}, timeout=120)
+    assert time.monotonic() - start < 25  # torchrun's 30 s grace is not waited for: SIGTERM acts in init
+    assert done.returncode == 2, done.stdout + done.stderr[-3000:]
+    assert [(r["verdict"], r["device"]) for r in summary["ranks"]] == [("STOPPED", "cpu"), ("ERROR", "cpu")]
+    assert "cannot init: DeviceError: self-test" in summary["ranks"][1]["error"]
+    assert "collective check: NOT RUN" in done.stdout
+    assert processes_mentioning(str(out)) == []

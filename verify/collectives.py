@@ -232,6 +232,8 @@ def run_check(ctx, sizes=None) -> dict:
 
 def format_table(result: dict) -> list:
     """The check as text lines, nccl-tests style."""
+    if result.get("verdict") in (None, "NOT RUN", "SKIPPED"):
+        return [f"collective check: {result.get('verdict') or 'NOT RUN'} ({result.get('note') or 'no result'})"]
     head = (f"collective check: {result.get('world_size')} ranks, backend {result.get('backend')}: "
             f"values {'exact' if result.get('values_ok') else 'WRONG'} ({result.get('verdict')})")
     lines = [head]

@@ -28,6 +28,10 @@ the summary is rebuilt from the status files: each rank is named with its device
 (CRASHED with the signal, TIMEOUT in stage X, ERROR, STOPPED after another rank failed), the finished
 ranks keep their verdicts.
 
+On Ascend the launcher also sets HCCL_CONNECT_TIMEOUT (link set-up, 120..7200 s) and HCCL_EXEC_TIMEOUT
+(a collective waiting for a peer, 68..17340 s, rounded down to a multiple of 68 by CANN) to
+``--collective-timeout`` clamped to those ranges, unless they are set already.
+
 Exit status: 0 every rank passed, the collectives are exact and the cards agree; 1 a card failed
 (verdict, crash, hang, wrong collective, outputs unlike the others'); 2 an environment or usage error
 on any rank (cannot init, missing weights, bad option) or an interrupted run.

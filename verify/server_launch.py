@@ -34,8 +34,12 @@ _FAILURE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)\s*\n\s*exitco
 
 
 def parse_torchrun_failures(text: str) -> dict:
-    """``{rank: {"exitcode", "pid", "text"}}`` from torchrun's ChildFailedError report."""
+    """``{rank: {"exitcode", "pid", "text", "root_cause"}}`` from torchrun's ChildFailedError report.
+
+    ``root_cause`` marks the rank torchrun observed failing first; the others it stopped itself.
+    """
     failures = {}
+    root_at = text.find("Root Cause")
     for match in _FAILURE.finditer(text):
         rank, exitcode, pid = int(match.group(1)), int(match.group(3)), int(match.group(4))
         if exitcode < 0:
@@ -45,7 +49,8 @@ def parse_torchrun_failures(text: str) -> dict:
                 what = f"killed by signal {-exitcode} (pid {pid})"
         else:
             what = f"exited with code {exitcode} (pid {pid})"
-        failures.setdefault(rank, {"exitcode": exitcode, "pid": pid, "text": what})
+        failures.setdefault(rank, {"exitcode": exitcode, "pid": pid, "text": what,
+                                   "root_cause": 0 <= root_at < match.start()})
     return failures
 
 
@@ -141,6 +146,9 @@ def launch(args, passthrough: list) -> int:
     _prepare_out(out, nproc)
     run_id = new_run_id()
     env = dict(os.environ, **{RUN_ID_ENV: run_id})
+    if kind == "npu":  # HCCL's own clocks (CANN docs: ranges [120, 7200] and [68, 17340] s); the user's kept
+        env.setdefault("HCCL_CONNECT_TIMEOUT", str(int(min(max(args.collective_timeout, 120), 7200))))
+        env.setdefault("HCCL_EXEC_TIMEOUT", str(int(min(max(args.collective_timeout, 68), 17340))))
     if nproc > 1 and "OMP_NUM_THREADS" not in env:  # torchrun would set 1: the CPU reference needs more
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     _, fault, rest = split_passthrough(passthrough)

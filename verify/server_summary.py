@@ -110,21 +110,22 @@ def rank_row(rank: int, status: dict | None, context: dict) -> dict:
             row["error"] = status["error"]
         return row
     stage, state = status.get("stage"), status.get("state")
+    code = failure.get("exitcode") if failure else None
+    stopped_by_signal = code in (-signal.SIGTERM, 128 + signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGINT)
     if state == "error":
         row.update(verdict="ERROR", exit_code=status.get("exit_code", EXIT_ENV), error=status.get("error"))
-    elif failure and failure.get("exitcode", 0) < 0 and failure["exitcode"] != -signal.SIGTERM:
+    elif failure and failure.get("root_cause", True) and not stopped_by_signal:
         row.update(verdict="CRASHED", error=f"died in stage {stage}: {failure['text']}")
     elif context.get("timed_out") and state != "done":
         row.update(verdict="TIMEOUT", error=f"no result within --timeout {context.get('timeout_s'):g} s "
                                             f"(stage {stage}: hung or too slow)")
     elif context.get("interrupted"):
         row.update(verdict="INTERRUPTED", error=f"interrupted (Ctrl-C) in stage {stage}")
-    elif state == "terminated":
-        row.update(verdict="STOPPED", error=f"stopped in stage {stage} after another rank failed "
-                                            f"({status.get('error') or 'SIGTERM'})")
+    elif state == "terminated" or failure:
+        how = status.get("error") or (failure["text"] if failure else "SIGTERM")
+        row.update(verdict="STOPPED", error=f"stopped in stage {stage} after another rank failed ({how})")
     else:
-        text = failure["text"] if failure else "the process is gone without a word (killed?)"
-        row.update(verdict="CRASHED", error=f"died in stage {stage}: {text}")
+        row.update(verdict="CRASHED", error=f"died in stage {stage}: the process is gone without a word (killed?)")
     return row
 
 

@@ -101,7 +101,11 @@ def _selftest(rank: int, stage: str) -> None:
 
 
 def worker_main(args, passthrough: list) -> int:
-    """Run one rank; 0 when it took part in the whole protocol (its verdict is in the files)."""
+    """Run one rank; 0 when it took part in the whole protocol (its verdict is in the files).
+
+    Rank 0 of a run started by hand (no launcher) returns the server's exit code, so that torchrun's
+    own exit status says PASS (0) or not.
+    """
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -112,10 +116,11 @@ def worker_main(args, passthrough: list) -> int:
     run_id = args.run_id or os.environ.get(RUN_ID_ENV) or "manual"
     status = Status(rank_dir / STATUS_NAME, run_id=run_id, rank=rank, local_rank=local_rank,
                     world_size=world_size, host=socket.gethostname(), pid=os.getpid(), device=None)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _on_signal(status))
     request, _, _ = split_passthrough(passthrough)
-    status.update(stage="init")
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # see below: no Python handler while the rendezvous blocks
+    kind = request.split(":")[0]
+    status.update(stage="init", device={"cpu": "cpu", "npu": f"npu:{local_rank}", "cuda": f"cuda:{local_rank}"}
+                  .get(kind))
 
     import torch.distributed as dist
 
@@ -133,6 +138,10 @@ def worker_main(args, passthrough: list) -> int:
         logger.error("rank %d cannot init: %s: %s", rank, type(exc).__name__, exc)
         status.update(state="error", exit_code=EXIT_ENV, error=f"cannot init: {type(exc).__name__}: {exc}")
         return EXIT_ENV
+    # Until here SIGTERM/SIGINT keep their default action: the rendezvous blocks in C++, where a Python
+    # handler would only run after torchrun's 30 s grace. From here on they mark the status first.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_signal(status))
     status.update(stage="collectives", device=str(ctx.device), backend=ctx.backend)
 
     from verify.collectives import format_table, run_check
@@ -173,11 +182,14 @@ def worker_main(args, passthrough: list) -> int:
                      "status files", rank, exc)
         status.update(state="error", error=f"gather failed: {type(exc).__name__}: {exc}")
         return EXIT_FAIL
+    code = 0
     if ctx.is_main:
-        write_server_summary(out, {s["rank"]: s for s in gathered}, world_size, run_id, args)
+        summary = write_server_summary(out, {s["rank"]: s for s in gathered}, world_size, run_id, args)
+        if os.environ.get(RUN_ID_ENV) != run_id:  # torchrun by hand: its exit status is the server's
+            code = summary["server"]["exit_code"]
     status.update(stage="done", state="done")
     shutdown(ctx)
-    return 0
+    return code
 
 
 def write_server_summary(out: Path, statuses: dict, world_size: int, run_id: str, args) -> dict:
