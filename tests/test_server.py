@@ -124,7 +124,7 @@ def test_rank_killed_mid_run_is_named_and_leaves_no_process(tmp_path, tiny_check
 def test_hung_rank_is_stopped_at_the_timeout_and_named(tmp_path):
     out = tmp_path / "hung"
     start = time.monotonic()
-    done, summary = run_server(out, 2, "--timeout", "12", "--collectives-only",
+    done, summary = run_server(out, 2, "--timeout", "12", "--collectives-only", "--quiet",
                                env={"VTP_SELFTEST_HANG_RANK": "1"}, timeout=120)
     assert time.monotonic() - start < 12 + server.GRACE_S + 20
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
@@ -132,6 +132,7 @@ def test_hung_rank_is_stopped_at_the_timeout_and_named(tmp_path):
     assert rows[1]["verdict"] == "TIMEOUT" and "--timeout 12 s" in rows[1]["error"]
     assert rows[0]["verdict"] == "PASS"  # its own work finished: kept
     assert summary["server"]["launcher"]["timed_out"]
+    assert "SERVER VERDICT" not in done.stdout  # --quiet: the JSON only
     assert processes_mentioning(str(out)) == []
 
 
@@ -168,6 +169,12 @@ def test_bad_nproc(tmp_path, nproc, words, capsys):
     assert server.main(["--nproc", nproc, "--out", str(tmp_path / "x"), "--", "--device", "cpu"]) == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_help_shows_a_real_example():
+    text = server.build_parser().format_help()
+    assert "python -m verify.server --nproc all --out verify_out/server -- --require-weights" in text
+    assert "exit status: 0 PASS" in text
 
 
 def test_nproc_all_on_a_cpu_is_one_process():
@@ -285,3 +292,20 @@ def test_rank_that_cannot_init_is_an_environment_error(tmp_path):
     assert "cannot init: DeviceError: self-test" in summary["ranks"][1]["error"]
     assert "collective check: NOT RUN" in done.stdout
     assert processes_mentioning(str(out)) == []
+
+
+def _with_outputs(rank, deterministic, sha):
+    status = _status(rank, verdict="PASS")
+    status["result"]["deterministic"] = deterministic
+    status["digests"] = {"case@A/latents": {"sha256": sha, "dtype": "float32", "shape": [1]}}
+    return status
+
+
+@pytest.mark.parametrize("deterministic, code, policy", [(True, 1, "fail"), (False, 0, "warn")])
+def test_cards_that_differ_fail_unless_the_kernels_are_nondeterministic(tmp_path, deterministic, code, policy):
+    statuses = {r: _with_outputs(r, deterministic, "b" if r == 2 else "a") for r in range(3)}
+    summary = build_summary(statuses, 3, tmp_path, {})
+    consistency = summary["server"]["consistency"]
+    assert [s["rank"] for s in consistency["suspects"]] == [2]
+    assert summary["server"]["exit_code"] == code and summary["server"]["consistency_policy"] == policy
+    assert summary["ranks"][2]["suspect"] and "cross-card" in summary["ranks"][2]["failed_gates"][0]

@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consistency", choices=["fail", "warn"], default="fail",
                    help="cards whose outputs differ from the majority: fail the run (default) or only report")
     p.add_argument("--collectives-only", action="store_true", help="only the collective check (a link test)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no table on stdout (the JSON has everything; python -m verify.report OUT prints it)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)   # one rank, under torchrun
     p.add_argument("--run-id", help=argparse.SUPPRESS)
     p.add_argument("passthrough", nargs=argparse.REMAINDER, help="`--` then verify/accuracy_eval.py options")

@@ -119,7 +119,7 @@ def _validate(passthrough: list, collectives_only: bool) -> None:
             else SystemExit(0) from None
 
 
-def _prepare_out(out: Path, nproc: int) -> None:
+def _prepare_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / SUMMARY_NAME).unlink(missing_ok=True)  # an earlier run's verdict must not stand
@@ -143,7 +143,7 @@ def launch(args, passthrough: list) -> int:
     _validate(passthrough, args.collectives_only)
     kind, nproc = resolve_nproc(str(args.nproc), request)
     out = Path(args.out or Path("verify_out") / datetime.datetime.now().strftime("server-%Y%m%d-%H%M%S"))
-    _prepare_out(out, nproc)
+    _prepare_out(out)
     run_id = new_run_id()
     env = dict(os.environ, **{RUN_ID_ENV: run_id})
     if kind == "npu":  # HCCL's own clocks (CANN docs: ranges [120, 7200] and [68, 17340] s); the user's kept
@@ -220,7 +220,8 @@ def launch(args, passthrough: list) -> int:
     except OSError as exc:
         print(f"error: cannot write {out / SUMMARY_NAME} ({exc})", file=sys.stderr)
         return EXIT_ENV
-    print("\n".join(server_report_lines(summary)), flush=True)
+    if not args.quiet:
+        print("\n".join(server_report_lines(summary)), flush=True)
     print(f"outputs: {out / SUMMARY_NAME}, {out}/rank<k>/, {out / 'torchrun.log'} ({elapsed:.1f} s)", flush=True)
     if leftover:
         logger.error("processes still alive after SIGKILL: %s", leftover)

@@ -74,7 +74,10 @@ def rank_result(summary: dict | None, exit_code: int) -> dict:
     timings = summary.get("timings") or {}
     harness = timings.get("harness") or {}
     tasks = timings.get("tasks") or {}
+    repeats = [c.get("deterministic") for c in summary.get("checks") or []
+               if isinstance(c, dict) and c.get("check") == "repeat"]
     return {"verdict": verdict, "failed_gates": failed_gates(summary) if verdict != "PASS" else [],
+            "deterministic": all(repeats) if repeats and None not in repeats else None,
             "timings": {"total_s": harness.get("total_s"), "model_compute_s": harness.get("model_compute_s"),
                         "median_ms": {k: v.get("median_ms") for k, v in tasks.items() if isinstance(v, dict)}},
             "soc": _soc(summary.get("environment") or {}), "schema": summary.get("schema")}
@@ -168,6 +171,12 @@ def build_summary(statuses: dict, world_size: int, out: Path, context: dict) -> 
                               verdicts={r["rank"]: r["verdict"] for r in rows},
                               files={r: out / f"rank{r}" / OUTPUTS_NAME for r in with_outputs})
     policy = context.get("consistency_policy", "fail")
+    compared = consistency.get("ranks_compared") or []
+    unsteady = [r for r in compared if ((statuses.get(r) or {}).get("result") or {}).get("deterministic") is False]
+    if consistency.get("verdict") == "FAIL" and len(unsteady) * 2 > len(compared):
+        policy = "warn"  # the kernels differ from call to call on most cards: cards cannot agree bit for bit
+        consistency["note"] = (f"rank(s) {', '.join(map(str, unsteady))} are not deterministic on their own "
+                               "(repeat check): differences between cards are reported, not failed")
     for rank in collectives.get("suspect_ranks") or []:
         _suspect(rows, rank, "collective check: its contribution was wrong", fail=True)
     for entry in consistency.get("suspects") or []:
@@ -216,7 +225,7 @@ def build_summary(statuses: dict, world_size: int, out: Path, context: dict) -> 
             "backend": next((s.get("backend") for s in statuses.values() if s and s.get("backend")), None),
             "hosts": sorted({r["host"] for r in rows if r["host"]}), "exit_code": exit_code,
             "collectives": collectives, "consistency": consistency,
-            "consistency_policy": context.get("consistency_policy", "fail"),
+            "consistency_policy": policy,
             "timeout_s": context.get("timeout_s"), "collective_timeout_s": context.get("collective_timeout_s"),
             "launcher": context.get("launcher"),
             "selftests": {name: os.environ[name] for name in SELFTEST_VARS if os.environ.get(name)},
