@@ -8,14 +8,16 @@ usage() {
 usage: bash run_verify.sh [--device D] [--weights DIR] [--precision fp32|fp16|bf16] [--fusion=SPEC]
                           [--profile quick|default|full] [--quick] [--cases FILE] [--thresholds FILE]
                           [--prompt TEXT ...] [--prompts-file FILE] [--no-timing] [--require-weights]
-                          [--out DIR] [--inject-fault SPEC] [--nproc N|all]
+                          [--out DIR] [--inject-fault SPEC] [--nproc N|all] [--locate]
+                          [--save-golden DIR] [--reference DIR] [--fp32-modules FILE] [--dataset DIR]
 
 Certify the VTP port on this machine, in three steps (after a check of every option, in seconds):
   1. environment check  python -m verify.env_check        (Python, torch, torch_npu/CANN, device, weights, disk)
   2. inference demo     python ascend/inference.py        (reconstruction, CLIP zero-shot, SSL features)
   3. accuracy + timing  python verify/accuracy_eval.py    (every case of the profile on the candidate and on the
                                                            CPU fp32 reference: calls A, B, A again, warm calls)
-then print the verdict table from accuracy_summary.json (python -m verify.report).
+then print the verdict table from accuracy_summary.json (python -m verify.report). On a FAIL the first
+divergent module is located (python -m verify.locate, divergence.json); report.html shows it all.
 
 options:
   --device D           auto (NPU > CUDA > CPU, default), npu, npu:N, cuda, cuda:N or cpu
@@ -38,13 +40,20 @@ options:
   --require-weights    a missing checkpoint, or saved synthetic weights, is an error (exit 2)
   --out DIR            where every output goes (default verify_out/<timestamp>):
                          log.txt, console.txt, env.json, output/reconstructed.png, output/input.png,
-                         accuracy_summary.json, fusion_result.json
+                         accuracy_summary.json, report.html, fusion_result.json, divergence.json (on a FAIL)
                        (a reused folder: earlier results are removed, log.txt and console.txt appended;
                        a folder that another run is using is refused)
   --inject-fault SPEC  harness self-test: perturb one module's output on the candidate only, MODULE=FACTOR or
                        MODULE=nan (e.g. trunk.blocks.0=1.02); a sound harness must then FAIL (exit 1)
   --nproc N|all        certify N devices of this server at once, one process per device over torchrun
                        (python -m verify.server; default 1; all = every visible device)
+  --locate             locate the first divergent module even when the run passes (on a FAIL it always runs)
+  --save-golden DIR    also write the inputs and the CPU reference's outputs of every case to DIR (a golden set)
+  --reference DIR      judge against the golden set in DIR instead of recomputing the CPU reference (e.g. made
+                       on a GPU or a trusted machine); a set of other weights, config or cases is refused
+  --fp32-modules FILE  fp16/bf16: keep these modules in fp32 (written by python -m verify.bisect precision)
+  --dataset DIR        also run the task-level certification on an ImageFolder dataset (python -m vtp.eval
+                       zero-shot and reconstruction, compared with the published figures)
   -h, --help           show this help
 
 Relative paths are taken from the current directory. The interpreter is $PYTHON, else `python` on PATH.
@@ -85,6 +94,11 @@ REQUIRE_WEIGHTS=0
 OUT=""
 FAULT=""
 NPROC="1"
+LOCATE=0
+SAVE_GOLDEN=""
+REFERENCE=""
+FP32_MODULES=""
+DATASET=""
 PROMPTS=()
 PROMPTS_FILE=""
 
@@ -99,7 +113,8 @@ while (($#)); do
     fi
     case "$opt" in
         --device | --weights | --precision | --fusion | --out | --inject-fault | --profile | --cases | \
-            --thresholds | --prompt | --prompts-file | --nproc)
+            --thresholds | --prompt | --prompts-file | --nproc | --save-golden | --reference | --fp32-modules | \
+            --dataset)
             if ((!has_value)); then
                 (($# >= 2)) || usage_error "option $opt needs a value"
                 value="$2"
@@ -119,12 +134,17 @@ while (($#)); do
                 --prompt) PROMPTS+=("$value") ;;
                 --prompts-file) PROMPTS_FILE="$value" ;;
                 --nproc) NPROC="$value" ;;
+                --save-golden) SAVE_GOLDEN="$value" ;;
+                --reference) REFERENCE="$value" ;;
+                --fp32-modules) FP32_MODULES="$value" ;;
+                --dataset) DATASET="$value" ;;
             esac
             ;;
-        --quick | --no-timing | --require-weights)
+        --quick | --no-timing | --require-weights | --locate)
             ((!has_value)) || usage_error "option $opt takes no value"
             case "$opt" in
                 --quick) PROFILE="quick" ;;
+                --locate) LOCATE=1 ;;
                 --no-timing) NO_TIMING=1 ;;
                 --require-weights) REQUIRE_WEIGHTS=1 ;;
             esac
@@ -186,6 +206,10 @@ pre_args=(--fusion="$FUSION" --profile "$PROFILE")
 [[ -z "$CASES" ]] || pre_args+=(--cases "$CASES")
 [[ -z "$THRESHOLDS" ]] || pre_args+=(--thresholds "$THRESHOLDS")
 for prompt in "${PROMPTS[@]+"${PROMPTS[@]}"}"; do pre_args+=(--prompt "$prompt"); done
+[[ -z "$REFERENCE" ]] || pre_args+=(--reference "$REFERENCE")
+[[ -z "$FP32_MODULES" ]] || pre_args+=(--fp32-modules "$FP32_MODULES")
+[[ -z "$SAVE_GOLDEN" ]] || pre_args+=(--save-golden "$SAVE_GOLDEN")
+[[ -z "$DATASET" ]] || pre_args+=(--dataset "$DATASET")
 if ! "$PYTHON" -m verify.preflight "${pre_args[@]}"; then
     printf "run_verify.sh: fix the options above, then run again. Try 'bash run_verify.sh --help'.\n" >&2
     exit 2
@@ -197,7 +221,7 @@ fi
 # A reused --out folder: results of an earlier run must not pass for this run's (log.txt and console.txt
 # are appended to, one header per run).
 rm -f "$OUT/env.json" "$OUT/accuracy_summary.json" "$OUT/fusion_result.json" "$OUT/output/reconstructed.png" \
-    "$OUT/output/input.png"
+    "$OUT/output/input.png" "$OUT/report.html" "$OUT/divergence.json" "$OUT/dataset_summary.json"
 LOG="$OUT/log.txt"
 CONSOLE="$OUT/console.txt"
 
@@ -300,6 +324,10 @@ eval_args=("${common[@]}" --precision "$PRECISION" --fusion="$FUSION" --profile 
 [[ -z "$THRESHOLDS" ]] || eval_args+=(--thresholds "$THRESHOLDS")
 ((!NO_TIMING)) || eval_args+=(--no-timing)
 [[ -z "$FAULT" ]] || eval_args+=(--inject-fault "$FAULT")
+((!LOCATE)) || eval_args+=(--locate always)
+[[ -z "$SAVE_GOLDEN" ]] || eval_args+=(--save-golden "$SAVE_GOLDEN")
+[[ -z "$REFERENCE" ]] || eval_args+=(--reference "$REFERENCE")
+[[ -z "$FP32_MODULES" ]] || eval_args+=(--fp32-modules "$FP32_MODULES")
 eval_args+=("${prompt_args[@]+"${prompt_args[@]}"}")
 if [[ "$NPROC" == "1" ]]; then
     run_step "$PYTHON" "$ROOT/verify/accuracy_eval.py" "${eval_args[@]}" --out "$OUT"

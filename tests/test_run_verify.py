@@ -1,10 +1,14 @@
 """run_verify.sh end to end on a tiny checkpoint, on the CPU, with no terminal attached (as in CI)."""
 
+import fcntl
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -33,7 +37,8 @@ def test_tiny_checkpoint_passes_with_every_output_in_out(passing):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "accuracy_summary.json").read_text())
     assert summary["verdict"] == "PASS" and summary["overall"]["verdict"] == "PASS"
-    assert summary["candidate"]["device"] == "cpu" and summary["weights"]["kind"] == "checkpoint"
+    # the tiny checkpoint was saved from synthetic weights: it stays labelled so
+    assert summary["candidate"]["device"] == "cpu" and summary["weights"]["kind"] == "synthetic"
     env = json.loads((out / "env.json").read_text())
     assert env["schema"] == "vtp-env-check/1" and env["ok"] is True
     assert json.loads((out / "fusion_result.json").read_text())["schema"].startswith("vtp-fusion-result/")
@@ -53,7 +58,7 @@ def test_tiny_checkpoint_passes_with_every_output_in_out(passing):
 def test_final_table_and_output_locations_are_printed_without_colours(passing):
     done, out = passing
     tail = done.stdout[done.stdout.rfind("===== run_verify.sh verdict"):]
-    assert re.search(r"ssl +ssl_patch_tokens .* PASS", tail)
+    assert re.search(r"ssl/b1/256x256@A +ssl_patch_tokens .* PASS", tail)
     assert re.search(r"inference demo +OK", tail) and re.search(r"accuracy and timing +PASS", tail)
     assert "VERDICT: PASS" in tail and "outputs: run" in tail and "run/accuracy_summary.json" in tail
     assert "\x1b[" not in done.stdout  # no terminal, no escape codes
@@ -82,6 +87,7 @@ def test_require_weights_without_weights_is_an_environment_error(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     (["--bogus"], "unknown option: --bogus"),
+    (["--nproc", "0"], "--nproc must be a positive integer or 'all'"),
     (["--device"], "option --device needs a value"),
     (["--precision", "fp64"], "--precision must be fp32, fp16 or bf16"),
     (["--quick=yes"], "option --quick takes no value"),
@@ -105,3 +111,108 @@ def test_script_is_strict_executable_bash():
     text = SCRIPT.read_text()
     assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
+
+
+# ---- validation before work, lock, interruption (found by trying the kit as a new user would) ----------
+def timed_run(cwd, *args):
+    t = time.monotonic()
+    done = run_verify(cwd, *args)
+    return done, time.monotonic() - t
+
+
+@pytest.mark.parametrize("make_args, words", [
+    (lambda d, ck: ["--inject-fault", "trunk.blocks.0"], "expected MODULE=FACTOR"),
+    (lambda d, ck: ["--fusion=gelu,warp_drive"], "--fusion 'gelu,warp_drive'"),
+    (lambda d, ck: ["--profile", "huge"], "--profile 'huge': no such profile"),
+    (lambda d, ck: ["--weights", empty_weights(d, ck)], "the file is empty (0 bytes)"),
+])
+def test_bad_options_and_weights_are_refused_in_the_first_seconds(tmp_path, tiny_checkpoint, make_args, words):
+    done, seconds = timed_run(tmp_path, "--device", "cpu", "--weights", tiny_checkpoint, "--out", "run",
+                              *make_args(tmp_path, tiny_checkpoint))
+    assert done.returncode == 2 and words in done.stderr, done.stderr
+    assert "step 1/3" not in done.stdout and not (tmp_path / "run" / "env.json").exists()
+    assert seconds < 20  # no environment check, no demo, no model load
+
+
+def empty_weights(tmp, checkpoint):
+    folder = tmp / "empty_weights"
+    folder.mkdir()
+    shutil.copy(checkpoint / "config.json", folder / "config.json")
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+def unwritable_folder(tmp):
+    """A folder this process cannot write to (root ignores permissions: use a path under a regular file)."""
+    folder = tmp / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        (folder / "probe").write_text("x")
+    except OSError:
+        return folder
+    (folder / "probe").unlink()
+    folder.chmod(0o700)
+    blocker = tmp / "a_file"
+    blocker.write_text("not a folder")
+    return blocker / "out"
+
+
+def test_unwritable_out_is_a_clear_usage_error(tmp_path):
+    out = unwritable_folder(tmp_path)
+    done = run_verify(tmp_path, "--device", "cpu", "--out", out)
+    assert done.returncode == 2
+    assert f"--out {out}: cannot create or write to this folder" in done.stderr
+    assert "line " not in done.stderr  # no raw bash error
+
+
+def test_a_second_run_on_the_same_out_is_refused_and_names_the_first(tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".run_verify.owner").write_text("run_verify.sh pid 4242, started 2026-12-01 10:00:00 on host\n")
+    with open(out / ".run_verify.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what the first run holds while it runs
+        done = run_verify(tmp_path, "--device", "cpu", "--weights", tiny_checkpoint, "--out", out)
+    assert done.returncode == 2
+    assert "is in use by run_verify.sh pid 4242" in done.stderr
+    assert not (out / "log.txt").exists()
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_exits_130(tmp_path, tiny_checkpoint):
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.Popen(["bash", str(SCRIPT), "--device", "cpu", "--weights", str(tiny_checkpoint), "--quick",
+                             "--out", "run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    log = tmp_path / "run" / "log.txt"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and "step 2/3" in log.read_text()):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "interrupted at step 2/3: inference demo" in out
+    assert "interrupted at step 2/3: inference demo" in log.read_text()
+    assert not (tmp_path / "run" / "accuracy_summary.json").exists()
+    time.sleep(0.5)
+    leftovers = subprocess.run(["pgrep", "-f", f"{tmp_path}/run/output"], capture_output=True, text=True).stdout
+    assert leftovers.strip() == "", leftovers  # the demo was stopped with the script
+
+
+def test_unstable_timings_are_flagged(tmp_path):
+    from verify.timing import summarize
+
+    noisy = summarize([0.699, 2.316, 2.4, 2.2])
+    assert noisy["unstable"] and noisy["median_over_min"] > 3
+    assert not summarize([0.100, 0.101, 0.102, 0.100])["unstable"]
+
+
+def test_help_documents_every_option_and_the_quick_budget(tmp_path):
+    done = run_verify(tmp_path, "--help")
+    for option in ("--no-timing", "--inject-fault", "--profile", "--cases", "--thresholds", "--prompt",
+                   "--prompts-file", "--nproc", "--fusion=SPEC"):
+        assert option in done.stdout
+    assert "budget 45 s" in done.stdout and "minutes -> seconds" not in done.stdout
+    readme = (REPO / "README.md").read_text()
+    for option in ("--no-timing", "--inject-fault", "--profile", "--prompt"):
+        assert option in readme

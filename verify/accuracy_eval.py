@@ -25,11 +25,11 @@ if __package__ in (None, ""):  # run as `python verify/accuracy_eval.py`
 from ascend.npu import prepare_environment  # noqa: E402  (imports neither torch nor torch_npu)
 from ascend.runtime import add_prompt_arguments  # noqa: E402
 from verify.faults import UsageError, fault_target, inject_fault, parse_fault  # noqa: E402,F401
+from verify.artifacts import OUTPUTS_FILE  # noqa: E402
 from verify.run import TASKS, make_inputs, run_tasks, task_plan  # noqa: E402,F401  (the simple API)
 
 SCHEMA = "vtp-accuracy-summary/2"
 EXIT_PASS, EXIT_FAIL, EXIT_ENV = 0, 1, 2
-OUTPUTS_FILE = "candidate_outputs.safetensors"
 
 logger = logging.getLogger("verify.accuracy_eval")
 
@@ -51,7 +51,18 @@ def check_options(args) -> dict:
     from ascend.runtime import prompts_from_args
 
     given = args.prompt or args.prompts_file or args.legacy_prompts
-    return {"device": resolve_device(args.device), "thresholds": load_thresholds(args.thresholds),
+    fp32_modules = None
+    if args.fp32_modules:
+        from verify.bisect import load_fp32_modules
+
+        try:
+            fp32_modules = load_fp32_modules(args.fp32_modules)
+        except ValueError as e:
+            raise UsageError(f"--fp32-modules: {e}") from None
+    if args.reference is not None and not (args.reference / "manifest.json").is_file():
+        raise UsageError(f"--reference {args.reference}: no golden set here (manifest.json missing); make one with "
+                         "--save-golden DIR")
+    return {"fp32_modules": fp32_modules,"device": resolve_device(args.device), "thresholds": load_thresholds(args.thresholds),
             "cases": load_cases(args.cases), "prompts": prompts_from_args(args) if given else None}
 
 
@@ -66,6 +77,8 @@ def evaluate(args) -> tuple:
     from ascend.runtime import default_image, load_weights, prepare_candidate
     from verify.cases import build_plan, coverage, make_case_inputs
     from verify.judge import judge_case, overall
+    from verify.artifacts import GoldenReference, locate_first_failure, save_golden_set
+    from verify.bisect import apply_fp32_modules
     from verify.run import run_case
     from verify.timing import CLEAN_NUMBERS_HINT, cold_process_load, load_average
     from verify.verdict import select_thresholds
@@ -100,6 +113,8 @@ def evaluate(args) -> tuple:
         t = time.perf_counter()
         candidate, fusion_report = prepare_candidate(reference, device, fusion=args.fusion, precision=args.precision,
                                                      record_path=args.out / "fusion_result.json")
+        if args.fp32_modules:
+            apply_fp32_modules(candidate, opts["fp32_modules"])
         fault = inject_fault(candidate, args.inject_fault) if args.inject_fault else None
         # the fused model on the CPU, clean: splits each error into fusions vs device and precision
         candidate_is_cpu_fused = device.type == "cpu" and args.precision == "fp32" and not fault
@@ -109,17 +124,26 @@ def evaluate(args) -> tuple:
             apply_fusions(cpu_fused, fusion=args.fusion, device=torch.device("cpu"))
         prepare_s = time.perf_counter() - t
 
+        golden = (GoldenReference(args.reference, identity, config, plan, device) if args.reference else None)
+        if golden is not None and golden.environment_differences:
+            logger.info("golden set %s was made on another environment: %s", args.reference,
+                        golden.environment_differences)
         timed_shapes = set(plan.timing)
         for case in plan.cases:
+            calls_of_case = ("A", "B") if plan.repeat else ("A",)
             inputs = {call: make_case_inputs(plan, case, call, tokenizer,
                                              first_image if case.task == "clip" else None)
-                      for call in (("A", "B") if plan.repeat else ("A",))}
+                      for call in calls_of_case}
+            if golden is not None:  # the set's own inputs: the reference answers belong to them
+                inputs = {call: golden.case_inputs(case, call, inputs[call]["described"]) for call in calls_of_case}
             warm = None
             if (case.batch, case.height, case.width) in timed_shapes or case.prompt_set == plan.zero_shot_prompts:
                 warm = {"warmup": plan.warmup, "iters": plan.iters, "timed": not args.no_timing}
             run = run_case(case, inputs, candidate=candidate, reference=reference, device=device,
                            precision=args.precision, cpu_fused=cpu_fused, repeat=plan.repeat, warm=warm,
-                           sync=lambda: synchronize(device), candidate_is_cpu_fused=candidate_is_cpu_fused)
+                           sync=lambda: synchronize(device), candidate_is_cpu_fused=candidate_is_cpu_fused,
+                           golden=({call: golden.case_outputs(case, call) for call in calls_of_case}
+                                   if golden is not None else None))
             compute_s += run.compute_s
             case_calls, case_checks = judge_case(run, thresholds, args.precision, config.vision_patch_size)
             calls += case_calls
@@ -131,6 +155,16 @@ def evaluate(args) -> tuple:
             runs.append(run)
         if cpu_fused is not None:
             del cpu_fused
+        divergence, locate_s = None, 0.0
+        if args.locate == "always" or (args.locate == "on-fail" and any(c["verdict"] != "PASS" for c in calls)):
+            t = time.perf_counter()
+            divergence = locate_first_failure(runs, calls, reference, candidate, device=device,
+                                              precision=args.precision, thresholds=thresholds)
+            locate_s = time.perf_counter() - t
+            first = divergence.get("first_divergent")
+            logger.info("first divergent module: %s (%.1f s)", first["module"] if first else "none found", locate_s)
+        if args.save_golden:
+            save_golden_set(args.save_golden, runs, identity, config, plan)
     finally:
         if strict_state is not None:
             restore_fp32_state(strict_state)
@@ -160,12 +194,14 @@ def evaluate(args) -> tuple:
         timings["unstable_note"] = ("unstable measurements (p90/min or median/min above the stated ratios): "
                                     + ", ".join(unstable) + "; " + CLEAN_NUMBERS_HINT)
     total_s = time.perf_counter() - t_start
-    overhead_s = total_s - compute_s - load_s - prepare_s
+    overhead_s = total_s - compute_s - load_s - prepare_s - locate_s
     timings["harness"] = {
         "total_s": total_s, "model_compute_s": compute_s, "loading_s": load_s, "preparation_s": prepare_s,
+        "localisation_s": locate_s,
         "overhead_s": overhead_s, "overhead_fraction_of_compute": overhead_s / compute_s if compute_s else None,
         "note": "overhead = total - model compute (every call of candidate and references) - loading - candidate "
-                "preparation: inputs, metrics, verdicts, environment report and output files",
+                "preparation - localisation (verify.locate, on a FAIL): inputs, metrics, verdicts, environment "
+                "report and output files",
     }
 
     on_cpu = device.type == "cpu"
@@ -191,6 +227,13 @@ def evaluate(args) -> tuple:
         "thresholds": {"file": str(args.thresholds or "verify/thresholds.yaml"), "schema": thresholds["schema"],
                        "version": thresholds["version"], "precision": args.precision,
                        "values": select_thresholds(thresholds, args.precision)},
+        "golden_reference": ({"path": str(args.reference), "kit": golden.manifest.get("kit_version"),
+                              "environment_differences": golden.environment_differences}
+                             if golden is not None else None),
+        "fp32_modules": opts.get("fp32_modules"),
+        "divergence": ({"first_divergent": divergence.get("first_divergent"),
+                        "first_nonfinite": divergence.get("first_nonfinite"), "file": "divergence.json"}
+                       if divergence is not None else None),
         "cases": calls,
         "checks": checks,
         "skipped_tasks": plan.skipped_tasks,
@@ -200,7 +243,13 @@ def evaluate(args) -> tuple:
     }
     from verify.table import summary_lines
 
-    return summary, summary_lines(summary), runs
+    extras = {"divergence": divergence, "fusion": _fusion_dict(fusion_report)}
+    return summary, summary_lines(summary), runs, extras
+
+
+def _fusion_dict(report):
+    to_dict = getattr(report, "to_dict", None)
+    return to_dict() if callable(to_dict) else report
 
 
 def _fusion_summary(report) -> dict:
@@ -212,27 +261,23 @@ def _fusion_summary(report) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- outputs
-def write_outputs(out: Path, summary: dict, lines: list, runs=(), save_outputs: bool = False) -> None:
+def write_outputs(out: Path, summary: dict, lines: list, runs=(), extras=None, save_outputs: bool = False) -> None:
+    """accuracy_summary.json, log.txt, report.html, and divergence.json / candidate outputs when there are."""
+    from verify.artifacts import recon_images, save_candidate_outputs
+    from verify.html_report import write_html_report
+    from verify.locate import write_divergence
     from vtp.io_utils import atomic_append_text, atomic_write_json
 
+    extras = extras or {}
     if save_outputs:
         save_candidate_outputs(out / OUTPUTS_FILE, runs)
+    if extras.get("divergence") is not None:
+        write_divergence(out / "divergence.json", extras["divergence"])
+    write_html_report(out / "report.html", summary, divergence=extras.get("divergence"),
+                      recon_images=recon_images(runs), fusion=extras.get("fusion"))
     atomic_write_json(out / "accuracy_summary.json", summary)
     header = f"===== verify/accuracy_eval {summary['created']} =====\n"
     atomic_append_text(out / "log.txt", header + "\n".join(lines) + "\n\n")
-
-
-def save_candidate_outputs(path: Path, runs) -> None:
-    """The candidate's answers to every case's calls A and B, keys "<case id>@<call>/<tensor>" (safetensors)."""
-    import os
-
-    from safetensors.torch import save_file
-
-    tensors = {f"{run.case.id}@{call}/{name}": t.contiguous() for run in runs
-               for call, outs in run.candidate.items() if call in ("A", "B") for name, t in outs.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------- command line
@@ -272,6 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="warm-up calls after the first call (default: the profile's)")
     p.add_argument("--no-timing", action="store_true",
                    help="no latency measurement (the warm calls still run, untimed, and are compared)")
+    p.add_argument("--locate", choices=["on-fail", "always", "never"], default="on-fail",
+                   help="find the first divergent module (verify.locate, OUT/divergence.json): on-fail (default), "
+                        "always or never")
+    p.add_argument("--save-golden", type=Path, metavar="DIR",
+                   help="write the inputs and the reference's outputs of every case to DIR (a golden set)")
+    p.add_argument("--reference", type=Path, metavar="DIR",
+                   help="judge against the golden set in DIR instead of recomputing the CPU fp32 reference "
+                        "(refused when made with other weights, config or cases, or tampered with)")
+    p.add_argument("--fp32-modules", type=Path, metavar="FILE",
+                   help="fp16/bf16: keep these modules in fp32 (a file written by python -m verify.bisect precision)")
     p.add_argument("--save-outputs", action="store_true",
                    help=f"also write the candidate's outputs to OUT/{OUTPUTS_FILE}")
     p.add_argument("--allow-internal-format", action="store_true",
@@ -290,7 +345,7 @@ def check_out_folder(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
-        for name in ("accuracy_summary.json", "fusion_result.json", OUTPUTS_FILE):
+        for name in ("accuracy_summary.json", "fusion_result.json", OUTPUTS_FILE, "divergence.json", "report.html"):
             (out / name).unlink(missing_ok=True)  # an earlier run's result must not stand
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
@@ -309,6 +364,7 @@ def main(argv=None) -> int:
     from ascend.device import DeviceError
     from ascend.runtime import PromptError, WeightsMissing
     from verify.cases import CasesError
+    from verify.golden import GoldenError
     from verify.verdict import ThresholdsError
     from vtp.checkpoint import CheckpointError
     from vtp.config import ConfigError
@@ -317,14 +373,14 @@ def main(argv=None) -> int:
 
     # Errors of the environment or the options: exit 2. Anything else raised while the models run is a
     # failure of the thing under test: exit 1, never a PASS.
-    env_errors = (DeviceError, WeightsMissing, PromptError, ThresholdsError, CasesError, CheckpointError, ConfigError,
-                  ImageError, WeightsError, UsageError, FileNotFoundError)
+    env_errors = (DeviceError, WeightsMissing, PromptError, ThresholdsError, CasesError, GoldenError,
+                  CheckpointError, ConfigError, ImageError, WeightsError, UsageError, FileNotFoundError)
     if args.out is None:
         args.out = Path("verify_out") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
         check_out_folder(args.out)
         check_options(args)  # again inside evaluate; here so that a bad option costs no model load
-        summary, lines, runs = evaluate(args)
+        summary, lines, runs, extras = evaluate(args)
     except env_errors as e:
         logger.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)
@@ -334,7 +390,7 @@ def main(argv=None) -> int:
         print("error: the evaluation crashed (traceback above): verification FAILED", file=sys.stderr)
         return EXIT_FAIL
     try:
-        write_outputs(args.out, summary, lines, runs, save_outputs=args.save_outputs)
+        write_outputs(args.out, summary, lines, runs, extras, save_outputs=args.save_outputs)
     except OSError as e:
         print(f"error: cannot write the outputs to {args.out} ({e})", file=sys.stderr)
         return EXIT_ENV

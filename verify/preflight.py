@@ -100,6 +100,21 @@ def problems_of(args) -> list:
     if args.reference is not None and not (args.reference / "manifest.json").is_file():
         problems.append(f"--reference {args.reference}: no golden set here (manifest.json missing); make one with "
                         "--save-golden DIR")
+    if args.fp32_modules is not None:
+        from verify.bisect import load_fp32_modules
+
+        try:
+            load_fp32_modules(args.fp32_modules)
+        except ValueError as e:
+            problems.append(f"--fp32-modules: {e}")
+    if args.save_golden is not None:
+        problems += [line.replace("--out", "--save-golden", 1) for line in check_out_folder(args.save_golden)]
+    if args.dataset is not None:
+        if not args.dataset.is_dir():
+            problems.append(f"--dataset {args.dataset}: no such folder (an ImageFolder layout: DIR/<class>/<image>)")
+        elif not any(d.is_dir() for d in args.dataset.iterdir()):
+            problems.append(f"--dataset {args.dataset}: no class folders in it (an ImageFolder layout: "
+                            "DIR/<class>/<image>)")
     for prompt in args.prompt or []:
         if not prompt.strip():
             problems.append("--prompt: an empty prompt")
@@ -116,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", type=Path, help="thresholds YAML (default verify/thresholds.yaml)")
     p.add_argument("--reference", type=Path, help="golden set folder that must exist")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    p.add_argument("--fp32-modules", type=Path, help="fp32 module list that must be readable")
+    p.add_argument("--save-golden", type=Path, help="golden set folder that must be writable")
+    p.add_argument("--dataset", type=Path, help="ImageFolder dataset that must exist")
     p.add_argument("--out", type=Path, help="output folder that must be writable")
     return p
 

@@ -73,11 +73,12 @@ class CaseRun:
 
 def run_case(case, inputs: Dict[str, dict], *, candidate, reference, device, precision: str,
              cpu_fused=None, repeat: bool = True, warm: Optional[dict] = None, sync: Callable = lambda: None,
-             candidate_is_cpu_fused: bool = False) -> CaseRun:
+             candidate_is_cpu_fused: bool = False, golden: Optional[Dict[str, dict]] = None) -> CaseRun:
     """Run one case (see the module docstring). ``inputs``: {"A": ..., "B": ...} from
     verify.cases.make_case_inputs. ``warm``: {"warmup": int, "iters": int, "timed": bool} for a timing
     shape, else None. ``cpu_fused``: the fused model on the CPU (clean, no injected fault), or None when
-    the candidate is that model (CPU fp32 without a fault: ``candidate_is_cpu_fused``)."""
+    the candidate is that model (CPU fp32 without a fault: ``candidate_is_cpu_fused``). ``golden``: the
+    reference's answers per call from a golden set (--reference), instead of running the reference."""
     import torch
 
     from ascend.device import strict_fp32
@@ -95,7 +96,8 @@ def run_case(case, inputs: Dict[str, dict], *, candidate, reference, device, pre
                                                        sync=sync, **warm)
     with strict_fp32(cpu):  # the references are full fp32 (no TF32/HF32), whatever the candidate's settings
         for call in calls:
-            run.reference[call] = task_outputs(reference, case.task, inputs[call], cpu, "fp32")
+            run.reference[call] = (golden[call] if golden is not None
+                                   else task_outputs(reference, case.task, inputs[call], cpu, "fp32"))
         if candidate_is_cpu_fused:
             run.cpu_fused["A"] = run.candidate["A"]
         elif cpu_fused is not None:
