@@ -24,7 +24,7 @@ def test_learns_separable_colours(tmp_path, tiny_checkpoint):
     make_image_folder(tmp_path / "ds" / "val", per_class=2, seed=1)
     out = tmp_path / "lp.json"
     code = main(["linear-probe", "--data", str(tmp_path / "ds"), "--weights", str(tiny_checkpoint), "--device", "cpu",
-                 "--workers", "0", "--crop-size", "32", "--resize-size", "32", "--epochs", "2", "--epoch-length", "15",
+                 "--workers", "0", "--crop-size", "32", "--resize-size", "32", "--epochs", "2", "--epoch-length", "6",
                  "--batch-size", "6", "--learning-rates", "20,0.00001", "--n-blocks", "1,2", "--out", str(out), "-q"])
     assert code == 0
     r = json.loads(out.read_text())
