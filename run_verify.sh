@@ -336,6 +336,33 @@ else
 fi
 eval_rc=$rc
 
+# ---- 4. task-level certification (--dataset) -------------------------------------------------------
+# VTP's own evaluations on the user's ImageFolder dataset: the CPU fp32 unfused reference (original-exact
+# text tower), then the candidate compared with it under ModelZoo-style gates (top-1 drop <= 1 point; PSNR,
+# SSIM, LPIPS, rFID bounds in vtp/eval/results.py). FID and LPIPS need their weight files (see README).
+data_rc=0
+if [[ -n "$DATASET" ]]; then
+    step "4/4: task-level certification on $DATASET"
+    mkdir -p "$OUT/eval"
+    w_args=()
+    [[ -z "$WEIGHTS" ]] || w_args+=(--weights "$WEIGHTS")
+    ((!REQUIRE_WEIGHTS)) || w_args+=(--require-weights)
+    for task in zero-shot reconstruction; do
+        extra=() ref_extra=()
+        if [[ "$task" == "reconstruction" ]]; then extra+=(--no-fid --no-lpips); else ref_extra+=(--exact-text); fi
+        run_step --log-too "$PYTHON" -m vtp.eval "$task" --data "$DATASET" "${w_args[@]+"${w_args[@]}"}" \
+            --device cpu --fusion none "${ref_extra[@]+"${ref_extra[@]}"}" "${extra[@]+"${extra[@]}"}" \
+            --out "$OUT/eval/$task-reference.json" -q
+        if ((rc == 0)); then
+            run_step --log-too "$PYTHON" -m vtp.eval "$task" --data "$DATASET" "${w_args[@]+"${w_args[@]}"}" \
+                --device "$DEVICE" --precision "$PRECISION" --fusion="$FUSION" "${extra[@]+"${extra[@]}"}" \
+                --out "$OUT/eval/$task.json" --compare-to "$OUT/eval/$task-reference.json" -q
+        fi
+        say "task-level $task: exit $rc (results: $OUT/eval/$task.json)"
+        if ((rc == 2)); then data_rc=2; elif ((rc != 0 && data_rc != 2)); then data_rc=1; fi
+    done
+fi
+
 # ---- verdict ---------------------------------------------------------------------------------------
 say ""
 say "===== run_verify.sh verdict ====="
@@ -350,9 +377,9 @@ case "$eval_rc" in
     2) eval_text="ERROR: environment or usage (exit 2)" ;;
     *) eval_text="CRASHED (exit $eval_rc)" ;;
 esac
-if ((eval_rc == 2)); then
+if ((eval_rc == 2 || data_rc == 2)); then
     status=2
-elif ((demo_rc != 0 || eval_rc != 0)); then
+elif ((demo_rc != 0 || eval_rc != 0 || data_rc != 0)); then
     status=1
 else
     status=0
@@ -368,6 +395,7 @@ say "step                  result"
 say "environment check     OK"
 say "inference demo        $demo_text"
 say "accuracy and timing   $eval_text"
+[[ -z "$DATASET" ]] || say "task-level (dataset)  $(case "$data_rc" in 0) echo PASS ;; 1) echo FAIL ;; *) echo "ERROR (exit 2)" ;; esac)"
 printf 'VERDICT: %s\n' "$verdict"
 printf 'VERDICT: %s\n' "$plain" >>"$LOG"
 printf 'VERDICT: %s\n' "$plain" >>"$CONSOLE"
