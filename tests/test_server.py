@@ -67,7 +67,8 @@ def wait_for_stage(status_file: Path, stage: str, proc, timeout: float = 120) ->
 
 # --------------------------------------------------------------------------------------------- end to end
 def test_two_ranks_give_two_rows_one_verdict_and_identical_outputs(tmp_path, tiny_checkpoint):
-    done, summary = run_server(tmp_path / "out", 2, weights=tiny_checkpoint)
+    # --reference-mode once: rank 0 computes the CPU reference, rank 1 judges against its golden set
+    done, summary = run_server(tmp_path / "out", 2, "--reference-mode", "once", weights=tiny_checkpoint)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert summary["schema"].startswith("vtp-accuracy-summary/")
     assert summary["verdict"] == "PASS" and summary["server"]["exit_code"] == 0
@@ -82,6 +83,9 @@ def test_two_ranks_give_two_rows_one_verdict_and_identical_outputs(tmp_path, tin
         assert (tmp_path / "out" / f"rank{rank}" / "candidate_outputs.safetensors").is_file()
     assert "SERVER VERDICT: PASS (exit 0): 2 of 2 rank(s) passed" in done.stdout
     assert summary["server"]["launcher"]["processes_left"] == []
+    assert summary["ranks"][0]["reference"].startswith("computed by this rank and shared as")
+    assert summary["ranks"][1]["reference"].startswith("golden set") and "from rank 0" in summary["ranks"][1]["reference"]
+    assert (tmp_path / "out" / "golden" / "manifest.json").is_file()
 
 
 def test_fault_on_one_rank_fails_that_rank_and_consistency_names_it(tmp_path, tiny_checkpoint):
@@ -95,6 +99,7 @@ def test_fault_on_one_rank_fails_that_rank_and_consistency_names_it(tmp_path, ti
     assert consistency["verdict"] == "FAIL" and consistency["majority"] == [0, 2]
     assert [s["rank"] for s in consistency["suspects"]] == [1]
     assert consistency["suspects"][0]["examples"][0]["max_abs_diff"] > 0
+    assert {r["reference"] for r in summary["ranks"]} == {"computed by this rank"}  # per-rank on the CPU
     assert any(reason.startswith("rank 1 (cpu) FAIL") for reason in summary["overall"]["reasons"])
     assert "rank 1 (cpu) is suspect" in done.stdout
 

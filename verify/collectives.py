@@ -173,7 +173,8 @@ def analyse(parts: list, world_size: int, backend: str | None = None) -> dict:
                                 f"on rank(s) {_ranks(receivers)}")
     if bad_receivers and not suspects and len(bad_receivers) * 2 <= len(parts):
         for r in bad_receivers:
-            suspects[r] = f"rank {r} received a wrong all-reduce result ({reduce_wrong[r]} elements) where others did not"
+            suspects[r] = (f"rank {r} received a wrong all-reduce result ({reduce_wrong[r]} elements) "
+                           "where others did not")
     if bad_receivers:
         reasons.append(f"all-reduce: wrong sum on rank(s) {_ranks(bad_receivers)} "
                        f"({max(reduce_wrong.values())} of {VALUE_COUNT} elements at most)")

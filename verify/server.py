@@ -14,7 +14,9 @@ The launcher starts ``python -m torch.distributed.run --standalone --nproc-per-n
    bandwidth per size);
 3. runs the whole certification on its own card, in process: ``verify.accuracy_eval`` with ``--out
    OUT/rank<k> --device <its device> --save-outputs`` plus the options after ``--``, against the CPU fp32
-   reference, the same inputs on every rank;
+   reference, the same inputs on every rank; the reference is computed once by rank 0 and shared as a
+   golden set (OUT/golden; ``--reference-mode once``, the default on NPU/GPU) or by every rank
+   (``per-rank``, the default on a CPU-only host, where the ranks share the CPU anyway);
 4. sends its result to rank 0, which compares the ranks' outputs bit for bit (``verify.consistency``) and
    writes OUT/accuracy_summary.json: the representative rank's summary, ``ranks`` (one row per rank:
    rank, device, soc, verdict, failed_gates, timings, exit_code) and a ``server`` section (schema
@@ -25,8 +27,9 @@ Faults. ``--collective-timeout`` bounds init and every collective; ``--timeout``
 gather waits for slower cards up to it). When a rank crashes, torchrun stops the others; when the time is
 up or on Ctrl-C the launcher stops torchrun and kills whatever is left of its process tree. Either way
 the summary is rebuilt from the status files: each rank is named with its device and what happened
-(CRASHED with the signal, TIMEOUT in stage X, ERROR, STOPPED after another rank failed), the finished
-ranks keep their verdicts.
+(CRASHED with the signal, TIMEOUT in stage X, ERROR, STOPPED after another rank failed). A rank that
+had finished its certification keeps its verdict; torchrun stops the group as soon as one rank dies, so a
+rank still certifying then is STOPPED: rerun without the suspect card (ASCEND_RT_VISIBLE_DEVICES).
 
 On Ascend the launcher also sets HCCL_CONNECT_TIMEOUT (link set-up, 120..7200 s) and HCCL_EXEC_TIMEOUT
 (a collective waiting for a peer, 68..17340 s, rounded down to a multiple of 68 by CANN) to
@@ -37,16 +40,18 @@ Exit status: 0 every rank passed, the collectives are exact and the cards agree;
 on any rank (cannot init, missing weights, bad option) or an interrupted run.
 
 Multi-node (not tested here): run the worker under torchrun on every node, with ``--out`` on a shared
-file system (or collect rank<k>/ folders afterwards); rank 0 writes the summary and prints the table:
+file system (or collect rank<k>/ folders afterwards); rank 0 writes the summary, prints the table and
+exits with the server's code (set HCCL_CONNECT_TIMEOUT / HCCL_EXEC_TIMEOUT yourself there):
 
     torchrun --nnodes 2 --node-rank 0|1 --nproc-per-node 8 --rdzv-backend c10d \\
         --rdzv-endpoint HOST0:29400 --rdzv-id vtp-cert -m verify.server --worker --out /shared/out -- --quick
 
-Harness self-tests (environment variables, a rank number or a comma list): VTP_INJECT_FAULT_RANK (the
-pass-through ``--inject-fault`` applies on these ranks only), VTP_SELFTEST_CRASH_RANK (SIGKILLs itself
-when the certification starts), VTP_SELFTEST_HANG_RANK (sleeps instead of certifying),
-VTP_SELFTEST_INIT_FAIL_RANK (fails before init), VTP_SELFTEST_COLLECTIVE_RANK (contributes a wrong
-value to the collective check).
+Harness self-tests (environment variables, a rank number or a comma list):
+  VTP_INJECT_FAULT_RANK        the pass-through ``--inject-fault`` applies on these ranks only (unset: all)
+  VTP_SELFTEST_CRASH_RANK      the rank SIGKILLs itself when its certification starts
+  VTP_SELFTEST_HANG_RANK       the rank sleeps forever instead of certifying
+  VTP_SELFTEST_INIT_FAIL_RANK  the rank fails before init (an environment error)
+  VTP_SELFTEST_COLLECTIVE_RANK the rank contributes a wrong value to the collective check
 """
 
 from __future__ import annotations
@@ -161,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds for init and for each collective (default 120)")
     p.add_argument("--consistency", choices=["fail", "warn"], default="fail",
                    help="cards whose outputs differ from the majority: fail the run (default) or only report")
+    p.add_argument("--reference-mode", choices=["auto", "once", "per-rank"], default="auto",
+                   help="the CPU fp32 reference: computed once by rank 0 and shared as a golden set in OUT/golden "
+                        "(once: 1/N of the CPU work; OUT must be shared across nodes), or by every rank in "
+                        "parallel (per-rank: faster on a CPU-only host); auto (default): once on NPU/GPU, "
+                        "per-rank on the CPU. A --reference DIR after -- is used by every rank")
     p.add_argument("--collectives-only", action="store_true", help="only the collective check (a link test)")
     p.add_argument("--quiet", action="store_true",
                    help="no table on stdout (the JSON has everything; python -m verify.report OUT prints it)")

@@ -157,6 +157,7 @@ def launch(args, passthrough: list) -> int:
                "--max-restarts", "0", "--monitor-interval", "0.2", "-m", "verify.server", "--worker",
                "--out", str(out), "--run-id", run_id, "--timeout", f"{args.timeout:g}",
                "--collective-timeout", f"{args.collective_timeout:g}", "--consistency", args.consistency,
+               "--reference-mode", args.reference_mode,
                *(["--collectives-only"] if args.collectives_only else []), "--", *passthrough]
     logger.info("starting %d rank(s) on %s: %s", nproc, kind, " ".join(command))
     started = time.perf_counter()

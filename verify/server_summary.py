@@ -95,13 +95,13 @@ def rank_row(rank: int, status: dict | None, context: dict) -> dict:
     failure = (context.get("failures") or {}).get(rank)
     row = {"rank": rank, "local_rank": None, "host": None, "device": None, "soc": None, "verdict": "MISSING",
            "failed_gates": [], "timings": {}, "exit_code": None, "stage": None, "error": None, "pid": None,
-           "suspect": []}
+           "reference": None, "suspect": []}
     if status is None:
         row["error"] = "no status from this rank: it never started (see torchrun's output in torchrun.log)"
         if failure:
             row.update(verdict="CRASHED", error=f"died before reporting: {failure['text']}")
         return row
-    for key in ("local_rank", "host", "device", "stage", "pid"):
+    for key in ("local_rank", "host", "device", "stage", "pid", "reference"):
         row[key] = status.get(key)
     row["timings"] = {"stages_s": status.get("stage_seconds") or {}}
     result = status.get("result")

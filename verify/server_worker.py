@@ -86,6 +86,40 @@ def certify(argv: list) -> int:
         return EXIT_FAIL
 
 
+def reference_mode(requested: str, ctx, argv: list) -> str:
+    """"once" or "per-rank" (see verify.server --reference-mode); "given" when the user passed --reference."""
+    if "--reference" in argv or any(a.startswith("--reference=") for a in argv):
+        return "given"
+    if not ctx.initialized or not _supports("--save-golden") or not _supports("--reference"):
+        return "per-rank"
+    if requested == "auto":
+        return "per-rank" if ctx.device.type == "cpu" else "once"
+    return requested
+
+
+def certify_with_reference(ctx, argv: list, out: Path, requested: str, group) -> tuple:
+    """(exit code, how the reference was had): per rank, or computed once by rank 0 and shared.
+
+    In "once" mode rank 0 certifies first and saves the CPU reference as a golden set in OUT/golden; the
+    other ranks wait for it (a barrier bounded by --timeout) and judge against it. If rank 0 could not
+    write it, each rank computes its own reference.
+    """
+    import torch.distributed as dist
+
+    mode = reference_mode(requested, ctx, argv)
+    if mode != "once":
+        return certify(argv), {"given": "the golden set given with --reference"}.get(mode, "computed by this rank")
+    golden = out / "golden"
+    code = certify(argv + ["--save-golden", str(golden)]) if ctx.is_main else None
+    dist.barrier(group=group)
+    if ctx.is_main:
+        return code, f"computed by this rank and shared as {golden}"
+    if (golden / "manifest.json").is_file():
+        return certify(argv + ["--reference", str(golden)]), f"golden set {golden} from rank 0"
+    logger.warning("rank 0 wrote no golden set at %s: this rank computes its own reference", golden)
+    return certify(argv), "computed by this rank (rank 0 wrote no golden set)"
+
+
 def _selftest(rank: int, stage: str) -> None:
     if stage == "init" and rank in selected_ranks("VTP_SELFTEST_INIT_FAIL_RANK"):
         from ascend.device import DeviceError
@@ -159,7 +193,9 @@ def worker_main(args, passthrough: list) -> int:
 
     _selftest(rank, "certification")
     if not args.collectives_only:
-        code = certify(_accuracy_argv(passthrough, rank, str(ctx.device), rank_dir))
+        argv = _accuracy_argv(passthrough, rank, str(ctx.device), rank_dir)
+        code, reference = certify_with_reference(ctx, argv, out, args.reference_mode, results_group)
+        status.update(reference=reference)
         result = rank_result(read_json(rank_dir / SUMMARY_NAME), code)
         from verify.consistency import OUTPUTS_NAME, digest_file
 
