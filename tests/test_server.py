@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from verify import server, server_launch
+from verify import report, server, server_launch
 from verify.server_summary import build_summary, rank_row
 
 ACCURACY = ["--device", "cpu", "--quick", "--no-timing"]
@@ -262,7 +262,10 @@ def test_one_exit_code_for_the_server(tmp_path, verdicts, extra, code):
     statuses = {r: _status(r, verdict=v) if v else None for r, v in enumerate(verdicts)}
     summary = build_summary(statuses, len(verdicts), tmp_path, dict(extra, collectives_only=True))
     assert summary["server"]["exit_code"] == code
-    assert summary["verdict"] == {0: "PASS", 1: "FAIL", 2: "ERROR"}[code]
+    assert summary["verdict"] == ("PASS" if code == 0 else "FAIL") and summary["overall"]["exit_code"] == code
+    assert summary["weights"]["kind"]  # verify.report refuses a summary without it
+    (tmp_path / "accuracy_summary.json").write_text(json.dumps(summary, allow_nan=False))
+    assert report.load_summary(tmp_path)["server"]["exit_code"] == code  # verify.report reads it
     assert summary["schema"].startswith("vtp-accuracy-summary/")
 
 

@@ -14,6 +14,9 @@ adds ``ranks`` and ``server``::
                "consistency_policy", "timeout_s", "collective_timeout_s", "launcher": {...} | null,
                "selftests": {variable: value}}
 
+The server's ``verdict`` is PASS or FAIL (as in every summary); ``server.exit_code`` (also
+``overall.exit_code``) tells a failed card (1) from an environment error or an interrupted run (2).
+
 Rank verdicts: PASS, FAIL (its certification failed), ERROR (environment or usage error, or it could
 not init), CRASHED (died: the signal or exit code), TIMEOUT (no result within --timeout), STOPPED
 (stopped by torchrun after another rank failed, before it had a result), INTERRUPTED, MISSING (no
@@ -200,7 +203,7 @@ def build_summary(statuses: dict, world_size: int, out: Path, context: dict) -> 
         reasons.append("interrupted (Ctrl-C): every rank was stopped")
         codes.append(EXIT_ENV)
     exit_code = max(codes, default=EXIT_PASS)
-    verdict = {EXIT_PASS: "PASS", EXIT_FAIL: "FAIL"}.get(exit_code, "ERROR")
+    verdict = "PASS" if exit_code == EXIT_PASS else "FAIL"  # exit 2 (environment) is a FAIL with its own code
 
     rep = _representative(out, rows)
     devices = [r["device"] for r in rows if r["device"]]
@@ -212,7 +215,7 @@ def build_summary(statuses: dict, world_size: int, out: Path, context: dict) -> 
         "command": context.get("command"),
         "environment": rep.get("environment") or {},
         "candidate": candidate,
-        "weights": rep.get("weights"),
+        "weights": rep.get("weights") or {"kind": "none", "note": "no rank finished a certification (see ranks)"},
         "synthetic_weights": rep.get("synthetic_weights"),
         "timings": rep.get("timings") or {},
         "representative_rank": next((r["rank"] for r in rows if r["verdict"] in ("PASS", "FAIL")), None),
@@ -260,6 +263,8 @@ def server_report_lines(summary: dict) -> list:
     overall = summary.get("overall") or {}
     for reason in overall.get("reasons") or []:
         lines.append(f"  - {reason}")
-    lines.append(f"SERVER VERDICT: {summary.get('verdict')} (exit {server.get('exit_code')}): "
+    code = server.get("exit_code")
+    lines.append(f"SERVER VERDICT: {summary.get('verdict')} (exit {code}"
+                 f"{': environment error or interrupted' if code == EXIT_ENV else ''}): "
                  f"{overall.get('passed')} of {server.get('world_size')} rank(s) passed")
     return lines
