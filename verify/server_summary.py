@@ -249,7 +249,7 @@ def server_report_lines(summary: dict) -> list:
 
     server = summary.get("server") or {}
     rows = summary.get("ranks") or []
-    lines = [f"server certification: {server.get('world_size')} rank(s), backend {server.get('backend')}, "
+    lines = [f"server certification: {server.get('world_size')} rank(s), backend {server.get('backend') or 'none'}, "
              f"host(s) {', '.join(server.get('hosts') or []) or '?'}",
              f"{'rank':>4}  {'device':<8} {'soc':<28} {'verdict':<11} {'exit':>4} {'total_s':>8}  failed gates / error"]
     for r in rows:
