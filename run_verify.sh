@@ -332,7 +332,7 @@ eval_args+=("${prompt_args[@]+"${prompt_args[@]}"}")
 if [[ "$NPROC" == "1" ]]; then
     run_step "$PYTHON" "$ROOT/verify/accuracy_eval.py" "${eval_args[@]}" --out "$OUT"
 else
-    run_step "$PYTHON" -m verify.server --nproc "$NPROC" --out "$OUT" -- "${eval_args[@]}"
+    run_step "$PYTHON" -m verify.server --nproc "$NPROC" --out "$OUT" --quiet -- "${eval_args[@]}"
 fi
 eval_rc=$rc
 

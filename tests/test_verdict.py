@@ -64,6 +64,19 @@ def test_two_percent_error_fails_fp32_and_passes_bf16(table, ref):
     assert V.judge(rec, table, precision="bf16")["verdict"] == "PASS"
 
 
+def test_share_over_tolerance_decides_only_at_the_thresholds_tolerance(table, ref):
+    from verify.judge import compare_one
+
+    bad = ref.clone()
+    bad[0, :20] *= 1.01  # 20 of 768 elements 1 % off: 2.6 % of the elements, inside every other fp32 gate
+    limits = V.select_thresholds(table, "fp32", "x")
+    judged = V.judge(compare_one("x", bad, ref, limits, patch=16), table, precision="fp32")
+    assert judged["verdict"] == "FAIL"
+    assert any("fraction_over_tolerance" in r and "max_frac_over_tol" in r for r in judged["reasons"])
+    plain = V.judge(compare_tensors(bad, ref, "x"), table, precision="fp32")  # counted at other tolerances
+    assert not any(g["gate"] == "max_frac_over_tol" for g in plain["gates"])
+
+
 @pytest.mark.parametrize(
     "value, counts",
     [
@@ -186,7 +199,7 @@ def test_probability_rules(table):
 def test_edited_threshold_file_takes_effect(tmp_path, ref):
     rec = compare_tensors(ref * 1.02, ref, "clip_image")
     loose, strict = raw_default(), raw_default()
-    loose["precisions"]["fp32"].update(max_rel_err=0.05, max_rel_l2=0.05)
+    loose["precisions"]["fp32"].update(max_rel_err=0.05, max_rel_l2=0.05, max_row_rel_err=0.05, max_abs_scaled=0.05)
     strict["precisions"]["fp32"].update(max_rel_err=0.001)
     loose_t = V.load_thresholds(write_yaml(tmp_path / "loose.yaml", loose))
     strict_t = V.load_thresholds(write_yaml(tmp_path / "strict.yaml", strict))
@@ -197,7 +210,8 @@ def test_edited_threshold_file_takes_effect(tmp_path, ref):
 
 def test_per_tensor_override(tmp_path, ref):
     doc = raw_default()
-    doc["overrides"] = {"fp32": {"clip_image": {"max_rel_err": 0.05, "max_rel_l2": None}}}
+    doc["overrides"] = {"fp32": {"clip_image": {"max_rel_err": 0.05, "max_rel_l2": None, "max_row_rel_err": None,
+                                                "max_abs_scaled": None}}}
     t = V.load_thresholds(write_yaml(tmp_path / "o.yaml", doc))
     assert V.select_thresholds(t, "fp32", "clip_image")["max_rel_l2"] is None
     assert V.judge(compare_tensors(ref * 1.02, ref, "clip_image"), t, precision="fp32")["verdict"] == "PASS"

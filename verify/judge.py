@@ -37,6 +37,7 @@ def compare_one(name: str, candidate, reference, limits: dict, patch: int, same_
     layout = row_layout(name, patch)
     record = compare_tensors(candidate, reference, name, rtol=rtol, atol=atol, rows=layout,
                              probabilities=name in PROBABILITIES)
+    record["tolerance"]["atol_scaled"] = limits.get("tol_atol_scaled")  # atol = atol_scaled * rms(reference)
     if same_precision is not None and record["metrics"] is not None and same_precision.shape == reference.shape:
         own = compare_tensors(same_precision, reference, name, rtol=rtol, atol=atol, rows=layout)["metrics"]
         record["metrics"]["same_precision"] = {k: own[k] for k in ("relative_l2_error", "row_relative_error")}

@@ -125,6 +125,11 @@ def weights_line(weights: dict) -> str:
 def report_lines(summary: dict, source: str = "") -> list:
     """The verdict table; keys it does not know are ignored, missing optional ones print as '-'.
     Schema 2 (cases and checks) is printed grouped by case by verify.table."""
+    if isinstance(summary.get("server"), dict):
+        from verify.server_summary import server_report_lines
+
+        return [f"VTP whole-server report{f' ({source})' if source else ''}, created {summary.get('created', '-')}"] \
+            + server_report_lines(summary)
     if isinstance(summary.get("cases"), list):
         from verify.table import summary_lines
 
@@ -210,6 +215,9 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ENV
     print("\n".join(report_lines(summary, str(args.summary))))
+    server = summary.get("server")
+    if isinstance(server, dict) and server.get("exit_code") in (EXIT_PASS, EXIT_FAIL, EXIT_ENV):
+        return server["exit_code"]  # a whole-server run: an environment error on any rank is 2
     verdict = verdict_of(summary)
     return EXIT_PASS if verdict == "PASS" else EXIT_FAIL
 

@@ -127,11 +127,9 @@ def summary_lines(summary: dict, source: str = "") -> list:
              f"candidate: {cand.get('device', '-')} {cand.get('precision', '-')} fusion={cand.get('fusion', '-')}; "
              f"reference: cpu fp32 unfused; profile {profile.get('profile', '-')} (cases file "
              f"{profile.get('file', '-')}, version {profile.get('version', '-')})"]
-    if weights.get("kind") == "synthetic":
-        lines.append(f"weights: SYNTHETIC ({weights.get('source', '-')}): the numbers measure the computation, "
-                     "not the published model")
-    else:
-        lines.append(f"weights: {weights.get('path', '-')} ({weights.get('kind', '-')})")
+    from verify.report import weights_line
+
+    lines.append(weights_line(weights))
     if cand.get("injected_fault"):
         f = cand["injected_fault"]
         lines.append(f"HARNESS SELF-TEST: fault injected on the candidate at {f.get('module')} -> {f.get('fault')}")

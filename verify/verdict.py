@@ -337,6 +337,15 @@ _FAILS = {">=": lambda v, t: v >= t, "<": lambda v, t: v < t, ">": lambda v, t: 
 _PASSES_AS = {">=": "<", "<": ">=", ">": "<="}
 
 
+def _same_tolerance(record: Mapping, limits: Mapping) -> bool:
+    """The over-tolerance share is decisive only when it was counted at the thresholds' own tolerance
+    (verify.judge.compare_one does so; a record made with compare_tensors' defaults is not judged by it)."""
+    tol = record.get("tolerance") or {}
+    rtol, scaled = limits.get("tol_rtol"), limits.get("tol_atol_scaled")
+    return (rtol is not None and scaled is not None and tol.get("rtol") == rtol
+            and tol.get("atol_scaled") == scaled)
+
+
 def _metric(metrics: Mapping, path: str):
     value = metrics
     for part in path.split("."):
@@ -437,6 +446,10 @@ def _reasons_and_checks(name: str, record, limits: Mapping):
     for path, label, key, fails_as, probabilities_only in _RULES:
         limit = limits.get(key)
         if limit is None or (probabilities_only and not record.get("probabilities")):
+            continue
+        if key == "max_frac_over_tol" and not _same_tolerance(record, limits):
+            checks.append(f"{label} not judged: the record was counted at another tolerance than tol_rtol/"
+                          f"tol_atol_scaled")
             continue
         apply(label, key, fails_as, _metric(metrics, path), limit)
     ratio_limit, same = limits.get("max_error_ratio"), metrics.get("same_precision")
