@@ -87,24 +87,31 @@ def run_case(case, inputs: Dict[str, dict], *, candidate, reference, device, pre
     run = CaseRun(case=case, described={k: v["described"] for k, v in inputs.items()}, inputs=inputs)
     t0 = time.perf_counter()
     calls = ["A", "B"] if repeat else ["A"]
+
+    def prepared(model, call, where, at):  # the clip task: its classifier made by the model that answers
+        return with_classifier(model, inputs[call], where, at) if case.task == "clip" else inputs[call]
+
+    cand_inputs = {call: prepared(candidate, call, device, precision) for call in calls}
     for call in calls:
-        run.candidate[call] = task_outputs(candidate, case.task, inputs[call], device, precision)
+        run.candidate[call] = task_outputs(candidate, case.task, cand_inputs[call], device, precision)
     if repeat:
-        run.candidate["A2"] = task_outputs(candidate, case.task, inputs["A"], device, precision)
+        run.candidate["A2"] = task_outputs(candidate, case.task, cand_inputs["A"], device, precision)
     if warm is not None:
-        run.timing, run.candidate["warm"] = warm_calls(candidate, case.task, inputs["A"], device, precision,
+        run.timing, run.candidate["warm"] = warm_calls(candidate, case.task, cand_inputs["A"], device, precision,
                                                        sync=sync, **warm)
     with strict_fp32(cpu):  # the references are full fp32 (no TF32/HF32), whatever the candidate's settings
         for call in calls:
             run.reference[call] = (golden[call] if golden is not None
-                                   else task_outputs(reference, case.task, inputs[call], cpu, "fp32"))
+                                   else task_outputs(reference, case.task, prepared(reference, call, cpu, "fp32"),
+                                                     cpu, "fp32"))
         if candidate_is_cpu_fused:
             run.cpu_fused["A"] = run.candidate["A"]
         elif cpu_fused is not None:
-            run.cpu_fused["A"] = task_outputs(cpu_fused, case.task, inputs["A"], cpu, "fp32")
+            run.cpu_fused["A"] = task_outputs(cpu_fused, case.task, prepared(cpu_fused, "A", cpu, "fp32"), cpu, "fp32")
         if precision != "fp32":  # the reference model's own error at the candidate's precision
             for call in calls:
-                run.same_precision[call] = task_outputs(reference, case.task, inputs[call], cpu, precision)
+                run.same_precision[call] = task_outputs(reference, case.task, prepared(reference, call, cpu, precision),
+                                                        cpu, precision)
     run.compute_s = time.perf_counter() - t0
     return run
 
@@ -130,7 +137,18 @@ def warm_calls(model, task: str, inputs: dict, device, precision: str, *, warmup
 
 
 def _to_device(inputs: dict, device) -> dict:
-    return {k: (inputs[k].to(device) if inputs.get(k) is not None else None) for k in ("images", "text")}
+    keys = ("images", "text", "text_features")
+    return {k: (inputs[k].to(device) if inputs.get(k) is not None else None) for k in keys}
+
+
+def with_classifier(model, inputs: dict, device, precision: str) -> dict:
+    """The clip task's inputs with the zero-shot classifier (the prompts' text features) computed once by
+    ``model`` at ``precision``: every call of the case then times and compares the image side and the
+    logits; the text tower itself is certified by the clip_text cases."""
+    if inputs.get("text") is None:
+        return inputs
+    features = task_outputs(model, "clip_text", {"text": inputs["text"]}, device, precision)["clip_text_features"]
+    return {**inputs, "text_features": features}
 
 
 def _raw_task(model, task: str, inputs: dict) -> dict:
@@ -140,7 +158,9 @@ def _raw_task(model, task: str, inputs: dict) -> dict:
         return {"latents": latents, "reconstructed_image": model.get_latents_decoded_images(latents)}
     if task == "clip":
         img = model.get_clip_image_feature(inputs["images"])
-        txt = model.get_clip_text_feature(inputs["text"])
+        txt = inputs.get("text_features")  # the zero-shot classifier, built once (as a real classifier is)
+        if txt is None:
+            txt = model.get_clip_text_feature(inputs["text"])
         return {"clip_image_features": img, "clip_probs": model.logits_from_features(img, txt).float().softmax(-1)}
     if task == "clip_text":
         features, tokens = text_features_and_tokens(model, inputs["text"])
