@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as `python verify/accuracy_eval.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ascend.npu import prepare_environment  # noqa: E402  (imports neither torch nor torch_npu)
-from ascend.runtime import add_prompt_arguments  # noqa: E402
+from verify.cli import add_run_options  # noqa: E402
 from verify.faults import UsageError, fault_target, inject_fault, parse_fault  # noqa: E402,F401
 from verify.artifacts import OUTPUTS_FILE  # noqa: E402
 from verify.run import TASKS, make_inputs, run_tasks, task_plan  # noqa: E402,F401  (the simple API)
@@ -290,25 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
                "  python verify/accuracy_eval.py --device cpu --precision bf16 --profile quick --out verify_out/bf16\n"
                "  python verify/accuracy_eval.py --profile full --prompt 'a red car' --prompt 'a dog, sleeping'\n"
                "exit status: 0 PASS, 1 verification FAILED, 2 environment or usage error")
-    p.add_argument("--device", default="auto", help="auto (NPU > CUDA > CPU), npu[:N], cuda[:N] or cpu")
-    p.add_argument("--weights", type=Path, help="checkpoint folder (default weights/VTP-Small-f16d64, else "
-                                                "synthetic VTP-Small with a notice)")
-    p.add_argument("--require-weights", action="store_true",
-                   help="fail (exit 2) instead of using synthetic weights")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
-                   help="candidate precision: fp32 (default; strict, no TF32/HF32) or fp16/bf16 autocast, judged "
-                        "also against the fused model on the CPU at the same precision")
-    p.add_argument("--fusion", default="all",
-                   help="fused-operator rules: all (default), none, a comma list (gelu,layernorm), all but some "
-                        "(-gelu,-rope) or a YAML file")
-    p.add_argument("--thresholds", type=Path, help="thresholds YAML (default verify/thresholds.yaml)")
+    add_run_options(p, precision_help="candidate precision: fp32 (default; strict, no TF32/HF32) or fp16/bf16 "
+                                      "autocast, judged also against the reference model on the CPU at the "
+                                      "same precision")
     p.add_argument("--cases", type=Path, help="cases YAML (default verify/cases.yaml)")
     p.add_argument("--profile", default="default",
                    help="profile of the cases file: quick, default (the default) or full")
     p.add_argument("--quick", action="store_const", const="quick", dest="profile",
                    help="same as --profile quick")
-    add_prompt_arguments(p)  # --prompt TEXT (repeatable), --prompts-file FILE: they replace the zero-shot
-    #                          prompts and run as a text case of their own
     p.add_argument("--out", type=Path, help="folder for accuracy_summary.json, log.txt and fusion_result.json "
                                             "(default verify_out/<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no verdict table on stdout (log.txt and the JSON still "
@@ -331,24 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"also write the candidate's outputs to OUT/{OUTPUTS_FILE}")
     p.add_argument("--allow-internal-format", action="store_true",
                    help="NPU: allow private formats such as NZ (default off: fewer precision surprises)")
-    p.add_argument("--inject-fault", metavar="MODULE=FACTOR|MODULE=nan",
-                   help="harness self-test: perturb one module's output on the candidate (e.g. trunk.blocks.0=1.02)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 def check_out_folder(out: Path) -> None:
     """Create ``out`` and prove it writable; remove an earlier run's results. UsageError otherwise."""
-    import tempfile
+    from verify.preflight import check_out_folder as problems_of_out
 
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-        for name in ("accuracy_summary.json", "fusion_result.json", OUTPUTS_FILE, "divergence.json", "report.html"):
-            (out / name).unlink(missing_ok=True)  # an earlier run's result must not stand
-    except OSError as e:
-        raise UsageError(f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder") from None
+    problems = problems_of_out(out)
+    if problems:
+        raise UsageError(problems[0])
+    for name in ("accuracy_summary.json", "fusion_result.json", OUTPUTS_FILE, "divergence.json", "report.html"):
+        (out / name).unlink(missing_ok=True)  # an earlier run's result must not stand
 
 
 def main(argv=None) -> int:

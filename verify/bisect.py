@@ -29,6 +29,9 @@ import logging
 import sys
 from pathlib import Path
 
+from ascend.runtime import prompts_from_args
+from verify.cli import add_run_options
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -258,19 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
                "writes OUT/bisect.json (and OUT/fp32_modules.yaml for precision)\n"
                "exit status: 0 a passing configuration was found, 1 none, 2 usage or environment error")
     p.add_argument("kind", choices=["fusion", "precision"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--weights", type=Path)
-    p.add_argument("--require-weights", action="store_true")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
-                   help="default fp32 for fusion, bf16 for precision")
-    p.add_argument("--fusion", default="all")
-    p.add_argument("--thresholds", type=Path)
+    add_run_options(p, precision_default=None, precision_help="default fp32 for fusion, bf16 for precision")
     p.add_argument("--out", type=Path, help="output folder (default verify_out/bisect-<timestamp>)")
-    p.add_argument("--inject-fault", metavar="MODULE=FACTOR|MODULE=nan")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--tasks", nargs="+", help="reconstruction, clip, ssl (default: all the checkpoint has)")
-    p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
@@ -288,7 +283,7 @@ def main(argv=None) -> int:
     try:
         from ascend.device import resolve_device
         from ascend.fusion import parse_fusion_spec
-        from ascend.runtime import DEFAULT_PROMPTS, load_weights
+        from ascend.runtime import load_weights
         from verify.accuracy_eval import make_inputs, parse_fault
         from verify.verdict import load_thresholds
 
@@ -301,7 +296,7 @@ def main(argv=None) -> int:
         if args.size % reference.config.vision_patch_size:
             raise ValueError(f"--size {args.size} is not a multiple of the patch size "
                              f"{reference.config.vision_patch_size}")
-        images, _, text = make_inputs(args.weights, args.batch, args.size, DEFAULT_PROMPTS,
+        images, _, text = make_inputs(args.weights, args.batch, args.size, prompts_from_args(args),
                                       context_length=reference.config.text_context_length)
         inputs = {"images": images, "text": text}
         kw = dict(device=device, precision=precision, thresholds=thresholds, fault=args.inject_fault, tasks=args.tasks)

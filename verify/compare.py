@@ -15,9 +15,10 @@ a row of A is missing in B); 2 a file is missing or is not an accuracy summary.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
+
+from verify.report import _num
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -96,18 +97,6 @@ def verdict_of(summary: dict) -> str:
 def environment_of(summary: dict) -> dict:
     env = _d(summary.get("environment"))
     return {k: env.get(k) for k in ENV_KEYS}
-
-
-def _num(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)
-    if v == 0 or not math.isfinite(v):
-        return f"{v:g}"
-    return f"{v:.4g}" if abs(v) < 1e-3 or abs(v) >= 1e4 else f"{v:.7f}".rstrip("0").rstrip(".")
 
 
 def _ms(v) -> str:

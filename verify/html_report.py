@@ -178,7 +178,7 @@ def _verdict_section(summary: dict) -> str:
     v = verdict_of(summary)
     cand = _d(summary.get("candidate"))
     reasons = (_d(summary.get("overall")).get("reasons") or [])[:20]
-    out = [f'<section id="verdict"><h1>VTP verification report</h1>',
+    out = ['<section id="verdict"><h1>VTP verification report</h1>',
            f'<div class="verdict {v if v in ("PASS", "FAIL") else "other"}">{_e(v)}</div>',
            f'<p>candidate: {_e(cand.get("device"))} {_e(cand.get("precision"))} fusion={_e(cand.get("fusion"))}; '
            f'reference: CPU fp32 unfused; schema {_e(summary.get("schema"))}; created {_e(summary.get("created"))}</p>']

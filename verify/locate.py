@@ -51,11 +51,13 @@ import argparse
 import datetime
 import logging
 import math
-import re
 import sys
 import threading
 import time
 from pathlib import Path
+
+from ascend.runtime import prompts_from_args
+from verify.cli import add_run_options
 
 if __package__ in (None, ""):  # run as `python verify/locate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -574,20 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m verify.locate --device cpu --inject-fault trunk.blocks.1.attn=1.5 --out /tmp/loc\n"
                "writes OUT/divergence.json (and OUT/divergence.png with matplotlib)\n"
                "exit status: 0 no divergence, 1 divergence found, 2 usage or environment error")
-    p.add_argument("--device", default="auto", help="auto (NPU > CUDA > CPU), npu[:N], cuda[:N] or cpu")
-    p.add_argument("--weights", type=Path, help="checkpoint folder (default weights/VTP-Small-f16d64, else synthetic)")
-    p.add_argument("--require-weights", action="store_true", help="fail (exit 2) instead of using synthetic weights")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
-    p.add_argument("--fusion", default="all", help="all, none, a comma list (gelu,layernorm,...) or a YAML file")
-    p.add_argument("--thresholds", type=Path, help="thresholds YAML (default verify/thresholds.yaml)")
+    add_run_options(p)
     p.add_argument("--out", type=Path, help="output folder (default verify_out/locate-<timestamp>)")
-    p.add_argument("--inject-fault", metavar="MODULE=FACTOR|MODULE=nan", help="perturb one module on the candidate")
     p.add_argument("--batch", type=int, default=2, help="images (default 2)")
     p.add_argument("--size", type=int, default=256, help="image resolution (default 256)")
-    p.add_argument("--prompts", nargs="+", help="prompts (default: the harness's)")
     p.add_argument("--tasks", nargs="+", help="reconstruction, clip, ssl (default: all the checkpoint has)")
     p.add_argument("--full-tensors", nargs="+", default=[], metavar="MODULE", help="keep these modules' full outputs")
-    p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
@@ -627,7 +621,7 @@ def main(argv=None) -> int:
 def _run(args) -> dict:
     from ascend.device import resolve_device
     from ascend.fusion import parse_fusion_spec
-    from ascend.runtime import DEFAULT_PROMPTS, load_weights, prepare_candidate
+    from ascend.runtime import load_weights, prepare_candidate
     from verify.accuracy_eval import inject_fault, make_inputs, parse_fault
     from verify.verdict import load_thresholds
 
@@ -642,7 +636,7 @@ def _run(args) -> dict:
     candidate, _ = prepare_candidate(reference, device, fusion=args.fusion, precision=args.precision)
     if args.inject_fault:
         inject_fault(candidate, args.inject_fault)
-    images, _, text = make_inputs(args.weights, args.batch, args.size, tuple(args.prompts or DEFAULT_PROMPTS),
+    images, _, text = make_inputs(args.weights, args.batch, args.size, prompts_from_args(args),
                                   context_length=reference.config.text_context_length)
     return locate(reference, candidate, {"images": images, "text": text}, device=device, precision=args.precision,
                   thresholds=thresholds, tasks=args.tasks, full_tensors=args.full_tensors)

@@ -7,21 +7,8 @@ determinism findings, the coverage of the profile, and the timings with their st
 
 from __future__ import annotations
 
-import math
 
-
-def _num(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if value == 0 or not math.isfinite(value):
-        return f"{value:g}"
-    if abs(value) < 1e-3 or abs(value) >= 1e4:
-        return f"{value:.3g}"
-    return f"{value:.7f}".rstrip("0").rstrip(".")
+from verify.report import _num
 
 
 def _ms(value) -> str:

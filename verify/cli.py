@@ -1,0 +1,30 @@
+"""The command-line options every certification tool shares (accuracy_eval, locate, bisect), so that one
+spelling means one thing everywhere: the device, the weights, the precision, the fusion spec, the thresholds,
+the harness self-test and the prompts (--prompt TEXT, repeatable, or --prompts-file FILE)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+FUSION_HELP = ("fused-operator rules: all (default), none, only some (gelu,layernorm), all but some (-gelu,-rope; "
+               "write it as --fusion=-gelu) or a YAML file")
+
+
+def add_run_options(p: argparse.ArgumentParser, *, precision_default="fp32", precision_help=None) -> None:
+    from ascend.runtime import add_prompt_arguments
+
+    p.add_argument("--device", default="auto", help="auto (NPU > CUDA > CPU), npu[:N], cuda[:N] or cpu")
+    p.add_argument("--weights", type=Path, help="checkpoint folder (default weights/VTP-Small-f16d64, else "
+                                                "synthetic VTP-Small with a notice)")
+    p.add_argument("--require-weights", action="store_true",
+                   help="fail (exit 2) instead of using synthetic weights (saved synthetic weights included)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=precision_default,
+                   help=precision_help or "candidate precision: fp32 (strict, no TF32/HF32), fp16 or bf16 autocast")
+    p.add_argument("--fusion", default="all", help=FUSION_HELP)
+    p.add_argument("--thresholds", type=Path, help="thresholds YAML (default verify/thresholds.yaml)")
+    p.add_argument("--inject-fault", metavar="MODULE=FACTOR|MODULE=nan",
+                   help="harness self-test: perturb one module's output on the candidate (e.g. trunk.blocks.0=1.02)")
+    add_prompt_arguments(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
