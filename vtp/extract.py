@@ -27,7 +27,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 logger = logging.getLogger("vtp.extract")

@@ -35,7 +35,6 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from vtp.io_utils import atomic_write_json
 

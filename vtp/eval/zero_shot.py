@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .classnames import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+from .classnames import IMAGENET_CLASSNAMES
 from .context import Progress, Run, gather_by_index
 from .data import ImageFolderDataset, ShardSampler, make_loader
 
