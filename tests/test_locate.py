@@ -155,7 +155,7 @@ def test_cli_writes_divergence_and_exit_codes(tiny_checkpoint, tmp_path, capsys)
 
 
 def test_compare_pair_in_chunks_matches_one_pass(monkeypatch):
-    import verify.locate as loc
+    import verify.layer_compare as loc
 
     g = torch.Generator().manual_seed(1)
     b = torch.randn(1000, generator=g)
