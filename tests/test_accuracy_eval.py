@@ -75,6 +75,7 @@ def test_unfused_fp32_is_exact_and_passes(tmp_path, tiny_checkpoint, cases_file)
         assert expected in ids
     repeat = [c for c in s["checks"] if c["check"] == "repeat"]
     assert repeat and all(c["deterministic"] for c in repeat)
+    assert {c["check"] for c in s["checks"]} == {"repeat", "determinism", "warmup", "coverage"}
     # every gate reports value, threshold and margin; the requirement is marked as such
     gates = s["cases"][0]["tensors"][0]["gates"]
     assert {g["gate"] for g in gates} >= {"max_rel_err", "min_cosine", "max_rel_l2", "max_row_rel_err",

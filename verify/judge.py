@@ -111,11 +111,26 @@ def repeat_check(run, thresholds: dict, precision: str) -> Optional[dict]:
 
 
 def judge_case(run, thresholds: dict, precision: str, patch: int) -> tuple:
-    """(call records, checks) of one case."""
+    """(call records, checks) of one case. Checks: "repeat" (decisive), "determinism" (the same data as a
+    finding: bit-identical or the largest difference) and "warmup" (the last warm call's verdict)."""
     calls = [judge_call(run, call, thresholds, precision, patch) for call in ("A", "B", "warm")
              if call in run.candidate]
-    check = repeat_check(run, thresholds, precision)
-    return calls, [check] if check else []
+    checks = []
+    repeat = repeat_check(run, thresholds, precision)
+    if repeat:
+        checks.append(repeat)
+        finding = None if repeat["deterministic"] else (
+            f"[{run.case.id}] input A answered differently across calls {', '.join(repeat['calls'])}: "
+            f"max|a-b|/max|b| {repeat['max_abs_scaled']}")
+        checks.append({"check": "determinism", "id": run.case.id, "verdict": repeat["verdict"],
+                       "deterministic": repeat["deterministic"], "max_abs_scaled": repeat["max_abs_scaled"],
+                       "finding": finding, "reasons": []})
+    warm = next((c for c in calls if c["call"] == "warm"), None)
+    if warm is not None:
+        checks.append({"check": "warmup", "id": run.case.id, "verdict": warm["verdict"],
+                       "detail": f"the last of the warm/timed calls against the reference ({warm['id']})",
+                       "reasons": []})  # its failures are the warm call record's own
+    return calls, checks
 
 
 def overall(calls: Iterable[dict], checks: Iterable[dict]) -> dict:

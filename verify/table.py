@@ -64,6 +64,11 @@ def check_lines(summary: dict) -> list:
                      + ("bit-identical in every case" if not nondet else
                         "NOT bit-identical in " + ", ".join(f"{c['id']} (max|a-b|/max|b| {_num(c.get('max_abs_scaled'))})"
                                                             for c in nondet)))
+    warm = [c for c in summary.get("checks") or [] if c.get("check") == "warmup"]
+    if warm:
+        bad = [c["id"] for c in warm if c.get("verdict") != "PASS"]
+        lines.append(f"warm-up (last timed call vs reference): {len(warm) - len(bad)}/{len(warm)} cases pass"
+                     + (f"; failing: {', '.join(bad)}" if bad else ""))
     for c in summary.get("checks") or []:
         if c.get("check") == "coverage":
             d = c.get("detail") or {}
