@@ -51,7 +51,7 @@ options:
   --save-golden DIR    also write the inputs and the CPU reference's outputs of every case to DIR (a golden set)
   --reference DIR      judge against the golden set in DIR instead of recomputing the CPU reference (e.g. made
                        on a GPU or a trusted machine); a set of other weights, config or cases is refused
-  --fp32-modules FILE  fp16/bf16: keep these modules in fp32 (written by python -m verify.bisect precision)
+  --fp32-modules FILE  fp16/bf16: keep these modules in fp32 (written by python -m verify.bisection precision)
   --dataset DIR        also run the task-level certification on an ImageFolder dataset (python -m vtp.eval
                        zero-shot and reconstruction, compared with the published figures)
   -h, --help           show this help

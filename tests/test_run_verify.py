@@ -216,3 +216,11 @@ def test_help_documents_every_option_and_the_quick_budget(tmp_path):
     readme = (REPO / "README.md").read_text()
     for option in ("--no-timing", "--inject-fault", "--profile", "--prompt"):
         assert option in readme
+
+
+def test_no_module_of_a_script_folder_shadows_the_standard_library():
+    # `python verify/accuracy_eval.py` and `python ascend/inference.py` put their folder on sys.path: a
+    # verify/bisect.py once hid the standard `bisect` (and with it `random`, `tempfile`, torch itself)
+    for folder in ("verify", "ascend"):
+        clashes = [p.name for p in (REPO / folder).glob("*.py") if p.stem in sys.stdlib_module_names]
+        assert clashes == [], f"{folder}/: {clashes} shadow standard modules"

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python verify/accuracy_eval.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as `python verify/accuracy_eval.py`: import from the checkout, and never
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # let a file of verify/ shadow a standard module
 
 from ascend.npu import prepare_environment  # noqa: E402  (imports neither torch nor torch_npu)
 from verify.cli import add_run_options  # noqa: E402
@@ -53,7 +53,7 @@ def check_options(args) -> dict:
     given = args.prompt or args.prompts_file or args.legacy_prompts
     fp32_modules = None
     if args.fp32_modules:
-        from verify.bisect import load_fp32_modules
+        from verify.bisection import load_fp32_modules
 
         try:
             fp32_modules = load_fp32_modules(args.fp32_modules)
@@ -78,7 +78,7 @@ def evaluate(args) -> tuple:
     from verify.cases import build_plan, coverage, make_case_inputs
     from verify.judge import judge_case, overall
     from verify.artifacts import GoldenReference, locate_first_failure, save_golden_set
-    from verify.bisect import apply_fp32_modules
+    from verify.bisection import apply_fp32_modules
     from verify.run import run_case
     from verify.timing import CLEAN_NUMBERS_HINT, cold_process_load, load_average
     from verify.verdict import select_thresholds
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="judge against the golden set in DIR instead of recomputing the CPU fp32 reference "
                         "(refused when made with other weights, config or cases, or tampered with)")
     p.add_argument("--fp32-modules", type=Path, metavar="FILE",
-                   help="fp16/bf16: keep these modules in fp32 (a file written by python -m verify.bisect precision)")
+                   help="fp16/bf16: keep these modules in fp32 (a file written by python -m verify.bisection precision)")
     p.add_argument("--save-outputs", action="store_true",
                    help=f"also write the candidate's outputs to OUT/{OUTPUTS_FILE}")
     p.add_argument("--allow-internal-format", action="store_true",

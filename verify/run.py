@@ -172,7 +172,7 @@ def _raw_task(model, task: str, inputs: dict) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- one batch
-# The simple form, for tools that run every task once on one batch (verify.locate, verify.bisect).
+# The simple form, for tools that run every task once on one batch (verify.locate, verify.bisection).
 TASKS = {
     "reconstruction": ("latents", "reconstructed_image"),
     "clip": ("clip_image_features", "clip_text_features", "clip_probs"),

@@ -1,9 +1,9 @@
-"""verify.bisect: the faulty fusion rule is named; a bf16-only fault is fixed by a small fp32 module set."""
+"""verify.bisection: the faulty fusion rule is named; a bf16-only fault is fixed by a small fp32 module set."""
 
 import pytest
 import torch
 
-from verify.bisect import (apply_fp32_modules, bisect_fusion, bisect_precision, default_groups, load_fp32_modules,
+from verify.bisection import (apply_fp32_modules, bisect_fusion, bisect_precision, default_groups, load_fp32_modules,
                            write_fp32_modules)
 
 FP32 = {"max_rel_err": 0.01, "min_cosine": 0.9999, "max_rel_l2": 0.01}
@@ -102,7 +102,7 @@ def test_fp32_module_files(tmp_path):
 def test_cli(tiny_checkpoint, tmp_path, capsys):
     import json
 
-    from verify.bisect import main
+    from verify.bisection import main
 
     base = ["--device", "cpu", "--weights", str(tiny_checkpoint), "--batch", "1", "--size", "32", "--tasks", "ssl"]
     assert main(["fusion", *base, "--out", str(tmp_path / "f")]) == 0

@@ -1,7 +1,7 @@
 """Bisection of a failing candidate: which fusion rules, which modules that must stay in fp32.
 
-    python -m verify.bisect fusion --device npu:0 --fusion all
-    python -m verify.bisect precision --device npu:0 --precision bf16 --out verify_out/bisect
+    python -m verify.bisection fusion --device npu:0 --fusion all
+    python -m verify.bisection precision --device npu:0 --precision bf16 --out verify_out/bisect
 
 **Fusion** (`bisect_fusion`): the fused candidate fails against the CPU fp32 reference. Each rule is
 removed in turn (and each failing rule is also tried alone); the rules whose removal makes the run
@@ -41,7 +41,7 @@ EXIT_OK, EXIT_FAIL, EXIT_ENV = 0, 1, 2
 GROUP_DEPTH = 3
 _GROUP_SKIP = ("Identity", "ModuleList", "Dropout", "RopePositionEmbedding")
 
-logger = logging.getLogger("verify.bisect")
+logger = logging.getLogger("verify.bisection")
 
 
 # --------------------------------------------------------------------------------------------- fp32 islands
@@ -87,7 +87,7 @@ def write_fp32_modules(path, names, *, precision=None, note=None) -> Path:
     """Write the set as YAML (schema vtp-fp32-modules/1), atomically."""
     from vtp.io_utils import atomic_write_text
 
-    lines = [f"# modules kept in fp32 for a {precision or 'low-precision'} run; written by python -m verify.bisect",
+    lines = [f"# modules kept in fp32 for a {precision or 'low-precision'} run; written by python -m verify.bisection",
              f"# use: python ascend/inference.py ... --fp32-modules {Path(path).name}", f"schema: {FP32_SCHEMA}"]
     if precision:
         lines.append(f"precision: {precision}")
@@ -253,11 +253,11 @@ def bisect_precision(reference, inputs, *, device, precision, thresholds, fusion
 # --------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m verify.bisect", description=__doc__.split("\n\n")[0],
+        prog="python -m verify.bisection", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python -m verify.bisect fusion --device npu:0 --fusion all\n"
-               "  python -m verify.bisect precision --device npu:0 --precision bf16 --out verify_out/bisect\n"
+               "  python -m verify.bisection fusion --device npu:0 --fusion all\n"
+               "  python -m verify.bisection precision --device npu:0 --precision bf16 --out verify_out/bisect\n"
                "writes OUT/bisect.json (and OUT/fp32_modules.yaml for precision)\n"
                "exit status: 0 a passing configuration was found, 1 none, 2 usage or environment error")
     p.add_argument("kind", choices=["fusion", "precision"])
