@@ -295,6 +295,10 @@ def _nonfinite_text(counts: Mapping) -> str:
     return ", ".join(f"{k}={counts.get(k, '?')}" for k in ("nan", "posinf", "neginf"))
 
 
+def _short(x) -> str:
+    return f"{x:.3g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else "?"
+
+
 def _where_worst(record: Mapping) -> str:
     """'; 12/768 elements over tolerance (...); worst |a-b|=... at (0, 17): a=.. b=..' or ''."""
     m = record.get("metrics") or {}
@@ -304,7 +308,7 @@ def _where_worst(record: Mapping) -> str:
     if isinstance(over, Mapping) and "count" in over:
         parts.append(
             f"{over['count']}/{numel} elements over tolerance "
-            f"(rtol={tol.get('rtol', '?')}, atol={tol.get('atol', '?')})"
+            f"(rtol={_short(tol.get('rtol'))}, atol={_short(tol.get('atol'))})"
         )
     worst = m.get("max_abs_error")
     if isinstance(worst, Mapping) and worst.get("index") is not None:
