@@ -62,10 +62,11 @@ def ascend():
     return load(ASCEND_WORKFLOW)
 
 
-def ascend_job(workflow):
-    jobs = [job for job in workflow["jobs"].values() if "ascend" in runs_on(job)]
-    assert len(jobs) == 1, f"expected one job on the ascend runner, got {len(jobs)}"
-    return jobs[0]
+def ascend_job(workflow, key="ascend-verify"):
+    """The single-card certification job (key ascend-verify) or the whole-server one (ascend-server)."""
+    jobs = {k: job for k, job in workflow["jobs"].items() if "ascend" in runs_on(job)}
+    assert set(jobs) == {"ascend-verify", "ascend-server"}, f"jobs on the ascend runner: {sorted(jobs)}"
+    return jobs[key]
 
 
 def test_there_are_workflows():
@@ -130,3 +131,13 @@ def test_cpu_job_runs_the_test_suite_with_cpu_torch(ascend):
     runs = "\n".join(step.get("run", "") for step in cpu[0]["steps"])
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in runs
     assert "python -m pytest -q" in runs
+
+
+def test_server_job_certifies_every_card_after_the_single_card_job(ascend):
+    job = ascend_job(ascend, "ascend-server")
+    assert runs_on(job) == ASCEND_LABELS and job.get("needs") == "ascend-verify"
+    runs = [step.get("run", "") for step in job["steps"]]
+    verify = [run for run in runs if "run_verify.sh" in run]
+    assert len(verify) == 1 and "--nproc all" in verify[0] and "--require-weights" in verify[0]
+    uploads = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact")]
+    assert len(uploads) == 1 and uploads[0].get("if") == "always()"
