@@ -31,6 +31,10 @@ def test_learns_separable_colours(tmp_path, tiny_checkpoint):
     assert r["metrics"]["top1"] == pytest.approx(100.0)
     assert r["num_samples"] == 6 and len(r["options"]["all_accuracies"]) == 4
     assert r["dataset"]["train"]["num_images"] == 12
+    # evaluated after every epoch, the best kept (the original's loop)
+    epochs = r["options"]["per_epoch"]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert r["metrics"]["top1"] == max(e["top1"] for e in epochs)
 
 
 def test_missing_split_is_a_usage_error(tmp_path, capsys):

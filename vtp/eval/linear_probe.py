@@ -7,13 +7,14 @@ patch tokens)`` in float32. One linear head (weights N(0, 0.01), bias 0) per ``(
 scaled by ``batch * world / 256``; SGD momentum 0.9, no weight decay, cosine schedule to 0 over
 ``epochs * epoch_length`` steps, cross-entropy summed over the heads. Training images:
 RandomResizedCrop(224, bicubic) + flip; evaluation: Resize(256, bicubic) + CenterCrop(224). The result is
-the best head's top-1 on ``root/val`` after training. Under torchrun the heads' gradients are averaged
+the best head's top-1 on ``root/val`` over the evaluations after every epoch (the original keeps the best). Under torchrun the heads' gradients are averaged
 over the ranks (as DDP does) and every rank sees its own shard of each shuffled pass.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -103,9 +104,29 @@ def train_and_evaluate(run: Run, train: ImageFolderDataset, val: ImageFolderData
     stream = _stream(len(train), ctx.rank, ctx.world_size, seed)
     order = (next(stream) for _ in range(max_iter * batch_size))
     loader = make_loader(train, list(order), batch_size, workers, pin_memory=device.type != "cpu")
+    n = len(val) if limit is None else min(limit, len(val))
+    sampler = ShardSampler(n, ctx.rank, ctx.world_size)
+    val_loader = make_loader(val, sampler, batch_size * 2, workers, pin_memory=device.type != "cpu")
+    names = [head_name(nb, lr) for nb, lr in grid]
+
+    def evaluate() -> Optional[dict]:
+        """Top-1 of every head on val (rank 0; None elsewhere), as the original does after each epoch."""
+        heads.eval()
+        indices, rows = [], []
+        with torch.no_grad():
+            for images, labels, idx in val_loader:
+                outputs = heads(_features(run, images.to(device, non_blocking=True), n_max))
+                hits = torch.stack([outputs[k].argmax(dim=1).cpu() == labels for k in names], dim=1)  # (B, heads)
+                rows += hits.tolist()
+                indices += idx.tolist()
+        heads.train()
+        merged = gather_by_index(ctx, indices, rows, n)
+        return None if merged is None else {k: 100.0 * sum(r[j] for r in merged) / n for j, k in enumerate(names)}
+
     progress = Progress(max_iter, "linear-probe train", enabled=ctx.is_main, unit="step")
     heads.train()
     loss_value = float("nan")
+    best, per_epoch, eval_seconds = None, [], 0.0  # best: (top-1, head, epoch) over every epoch's evaluation
     for step, (images, labels, _) in enumerate(loader):
         blocks = _features(run, images.to(device, non_blocking=True), n_max)
         outputs = heads(blocks)
@@ -121,31 +142,25 @@ def train_and_evaluate(run: Run, train: ImageFolderDataset, val: ImageFolderData
         scheduler.step()
         loss_value = float(loss.detach())
         progress.update(1)
-        if ctx.is_main and step % max(1, epoch_length) == epoch_length - 1:
-            logger.info("epoch %d: loss (sum over %d heads) %.4f", step // epoch_length, len(grid), loss_value)
-    train_seconds = progress.close()
-
-    heads.eval()
-    n = len(val) if limit is None else min(limit, len(val))
-    sampler = ShardSampler(n, ctx.rank, ctx.world_size)
-    val_loader = make_loader(val, sampler, batch_size * 2, workers, pin_memory=device.type != "cpu")
-    names = [head_name(nb, lr) for nb, lr in grid]
-    indices, rows = [], []
-    vprog = Progress(len(sampler), "linear-probe eval", enabled=ctx.is_main)
-    with torch.no_grad():
-        for images, labels, idx in val_loader:
-            outputs = heads(_features(run, images.to(device, non_blocking=True), n_max))
-            hits = torch.stack([outputs[k].argmax(dim=1).cpu() == labels for k in names], dim=1)  # (B, heads)
-            rows += hits.tolist()
-            indices += idx.tolist()
-            vprog.update(len(idx))
-    eval_seconds = vprog.close()
-    merged = gather_by_index(ctx, indices, rows, n)
-    if merged is None:
+        if step % max(1, epoch_length) == epoch_length - 1 or step == max_iter - 1:
+            epoch = step // max(1, epoch_length)
+            t0 = time.perf_counter()
+            accuracies = evaluate()
+            eval_seconds += time.perf_counter() - t0
+            if accuracies is not None:
+                key = max(accuracies, key=accuracies.get)
+                per_epoch.append({"epoch": epoch, "loss": loss_value, "best_classifier": key,
+                                  "top1": accuracies[key]})
+                logger.info("epoch %d: loss (sum over %d heads) %.4f, best head %s top-1 %.2f", epoch, len(grid),
+                            loss_value, key, accuracies[key])
+                if best is None or accuracies[key] > best[0]:
+                    best = (accuracies[key], key, epoch, accuracies)
+    train_seconds = progress.close() - eval_seconds
+    if best is None:
         return None
-    accuracies = {k: 100.0 * sum(r[j] for r in merged) / n for j, k in enumerate(names)}
-    best = max(accuracies, key=accuracies.get)
-    return {"metrics": {"top1": accuracies[best]}, "num_samples": n,
-            "extra": {"best_classifier": best, "all_accuracies": accuracies, "final_train_loss": loss_value},
+    top1, key, epoch, accuracies = best
+    return {"metrics": {"top1": top1}, "num_samples": n,
+            "extra": {"best_classifier": key, "best_epoch": epoch, "all_accuracies": accuracies,
+                      "per_epoch": per_epoch, "final_train_loss": loss_value},
             "timing": {"train_seconds": train_seconds, "seconds": eval_seconds,
-                       "images_per_s_rank0": len(sampler) / max(eval_seconds, 1e-9)}}
+                       "images_per_s_rank0": len(sampler) * max(1, len(per_epoch)) / max(eval_seconds, 1e-9)}}
