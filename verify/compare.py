@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from verify.report import _num
+from verify.report import _num, read_summary
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,22 +30,9 @@ METRICS = (("relative_error_mean", "rel_err"), ("cosine_similarity", "cosine"), 
 
 
 def load_summary(path: Path) -> dict:
-    """The summary at ``path`` (a file, or a run folder holding accuracy_summary.json). Only the schema is
-    checked (vtp-accuracy-summary/N): every other field may be missing. ValueError naming the file."""
-    import json
-
-    path = Path(path)
-    file = path / "accuracy_summary.json" if path.is_dir() else path
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{file}: no accuracy summary here (did verify/accuracy_eval.py run?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{file}: not a readable JSON file ({exc})") from None
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if not isinstance(schema, str) or not schema.startswith("vtp-accuracy-summary/"):
-        raise ValueError(f"{file}: schema {schema!r}, expected vtp-accuracy-summary/N: not an accuracy summary")
-    return data
+    """The summary at ``path`` (a file or a run folder); only its schema is checked, every other field may be
+    missing. ValueError naming the file."""
+    return read_summary(Path(path))
 
 
 def _d(x) -> dict:

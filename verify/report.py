@@ -34,8 +34,9 @@ class SummaryError(ValueError):
     """The summary file is missing, not JSON, or not an accuracy summary."""
 
 
-def load_summary(path: Path) -> dict:
-    """The summary at ``path`` (a file, or a run folder holding accuracy_summary.json)."""
+def read_summary(path: Path) -> dict:
+    """The summary at ``path`` (a file, or a run folder holding accuracy_summary.json), checked for its schema
+    only (vtp-accuracy-summary/N). SummaryError naming the file."""
     file = path / SUMMARY_NAME if path.is_dir() else path
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -46,10 +47,17 @@ def load_summary(path: Path) -> dict:
     schema = data.get("schema") if isinstance(data, dict) else None
     if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
         raise SummaryError(f"{file}: schema {schema!r}, expected {SCHEMA_PREFIX}N: not an accuracy summary")
+    return data
+
+
+def load_summary(path: Path) -> dict:
+    """`read_summary`, and the fields the report needs must be there (SummaryError otherwise)."""
+    data = read_summary(path)
+    file = path / SUMMARY_NAME if path.is_dir() else path
     problems = missing_fields(data)
     if problems:
-        raise SummaryError(f"{file}: not a complete accuracy summary ({schema}): {'; '.join(problems)}. It was "
-                           "written by an interrupted or older run, or by hand; run verify/accuracy_eval.py "
+        raise SummaryError(f"{file}: not a complete accuracy summary ({data['schema']}): {'; '.join(problems)}. "
+                           "It was written by an interrupted or older run, or by hand; run verify/accuracy_eval.py "
                            "(or bash run_verify.sh) again to get a complete one")
     return data
 
