@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from verify import accuracy_eval
+from verify.selftest import BUGS, off
 
 # A tiny profile in the shape of the shipped default: batch 1 and an odd batch, the base size and a
 # non-square one, short, long and upper-vocabulary prompts.
@@ -121,86 +122,21 @@ def hook(model, name, fn):
     dict(model.named_modules())[name].register_forward_hook(lambda m, a, out: fn(out, a))
 
 
-def off(t, eps):
-    """``t`` off by a relative ``eps`` with alternating signs along the features: a kernel error that a
-    following normalisation cannot absorb (a uniform scale would vanish in the next RMSNorm)."""
-    sign = torch.ones(t.shape[-1], dtype=t.dtype)
-    sign[1::2] = -1
-    return t * (1 + eps * sign)
-
-
-def batch_one_only(model):
-    hook(model, "trunk.blocks.1", lambda out, a: off(out, 0.03) if out.shape[0] == 1 else out)
-
-
-def off_base_size_only(model):  # the 4x4 grid of 64x64 (+1 class token) is right, other lengths are not
-    hook(model, "trunk.blocks.1", lambda out, a: out if out.shape[1] == 17 else off(out, 0.03))
-
-
-def long_prompts_only(model):  # positions past 14 of the text sequence are off
-    def fn(out, a):
-        out = out.clone()
-        out[:, 14:] = off(out[:, 14:], 0.05)
-        return out
-    hook(model, "text_transformer.resblocks.1", fn)
-
-
-def upper_vocab_only(model):
-    emb = dict(model.named_modules())["token_embedding"]
-    emb.register_forward_hook(lambda m, a, out: torch.where((a[0] > 40000)[..., None], off(out, 0.2), out))
-
-
-def stale_replay(model):  # the first output per input shape is returned again for later inputs
-    cache = {}
-
-    def fn(out, a):
-        return cache.setdefault(tuple(a[0].shape), out)
-    hook(model, "trunk.blocks.0", fn)
-    hook(model, "text_transformer.resblocks.0", fn)
-
-
-def after_warmup_only(model):  # right for the first 3 calls of an input shape, then off
-    calls = {}
-
-    def fn(out, a):
-        n = calls[tuple(a[0].shape)] = calls.get(tuple(a[0].shape), 0) + 1
-        return off(out, 0.03) if n > 3 else out
-    hook(model, "trunk.norm", fn)
-
-
-def one_bad_token(model):  # the last token of one layer 15 % off: a bad tail tile
-    def fn(out, a):
-        out = out.clone()
-        out[:, -1] = off(out[:, -1], 0.15)
-        return out
-    hook(model, "trunk.blocks.1", fn)
-
-
-def bf16_only(model):
-    def fn(out, a):
-        bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        return off(out, 0.03) if bf16 else out
-    hook(model, "text_transformer.resblocks.1.mlp", fn)
-
-
-def small_fp32_fault(model):  # 0.6 %: inside the 1 % requirement, far outside the measured fp32 budget
-    hook(model, "trunk.blocks.1", lambda out, a: off(out, 0.006))
-
-
-@pytest.mark.parametrize("bug,precision,case,gate", [
-    (batch_one_only, "fp32", "@", None),
-    (off_base_size_only, "fp32", "/48x80@", None),
-    (long_prompts_only, "fp32", "clip_text/long@", None),
-    (upper_vocab_only, "fp32", "clip_text/rare@", None),
-    (stale_replay, "fp32", "@B", None),
-    (after_warmup_only, "fp32", "@warm", None),
-    (one_bad_token, "fp32", "@", "max_row_rel_err"),
-    (bf16_only, "bf16", "clip_text/", "error_ratio"),
-    (small_fp32_fault, "fp32", "/", "max_rel_l2"),
+@pytest.mark.parametrize("bug,case,gate", [
+    ("batch_one_only", "@", None),
+    ("off_base_grid_only", "/48x80@", None),
+    ("long_prompts_only", "clip_text/long@", None),
+    ("upper_vocab_only", "clip_text/rare@", None),
+    ("stale_replay", "@B", None),
+    ("after_warmup_only", "@warm", None),
+    ("one_bad_token", "@", "max_row_rel_err"),
+    ("bf16_only", "clip_text/", "error_ratio"),
+    ("small_fp32_fault", "/", "max_rel_l2"),
 ])
 def test_each_class_of_port_bug_fails_and_names_case_and_gate(tmp_path, tiny_checkpoint, cases_file,
-                                                               monkeypatch, bug, precision, case, gate):
-    with_bug(monkeypatch, bug)
+                                                               monkeypatch, bug, case, gate):
+    install, precision, _ = BUGS[bug]
+    with_bug(monkeypatch, install)
     code, s = run(tmp_path, tiny_checkpoint, cases_file, "--precision", precision, "--fusion", "none")
     assert code == 1 and s["verdict"] == "FAIL"
     bad = failed(s)
@@ -213,7 +149,7 @@ def test_each_class_of_port_bug_fails_and_names_case_and_gate(tmp_path, tiny_che
 
 
 def test_batch_one_bug_is_seen_only_in_batch_one_cases(tmp_path, tiny_checkpoint, cases_file, monkeypatch):
-    with_bug(monkeypatch, batch_one_only)
+    with_bug(monkeypatch, BUGS["batch_one_only"][0])
     code, s = run(tmp_path, tiny_checkpoint, cases_file, "--fusion", "none", "--no-timing")
     assert code == 1
     image_failures = {cid for cid, _ in failed(s) if not cid.startswith("clip_text")}
@@ -221,7 +157,7 @@ def test_batch_one_bug_is_seen_only_in_batch_one_cases(tmp_path, tiny_checkpoint
 
 
 def test_stale_replay_fails_call_b_and_not_a(tmp_path, tiny_checkpoint, cases_file, monkeypatch):
-    with_bug(monkeypatch, stale_replay)
+    with_bug(monkeypatch, BUGS["stale_replay"][0])
     code, s = run(tmp_path, tiny_checkpoint, cases_file, "--fusion", "none", "--no-timing")
     calls = {cid.rsplit("@", 1)[1] for cid, _ in failed(s)}
     assert code == 1 and "B" in calls
@@ -251,7 +187,7 @@ def test_a_looser_threshold_file_takes_effect(tmp_path, tiny_checkpoint, cases_f
     raw["precisions"]["fp32"].update(loose)
     path = tmp_path / "loose.yaml"
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(raw)))
-    with_bug(monkeypatch, small_fp32_fault)
+    with_bug(monkeypatch, BUGS["small_fp32_fault"][0])
     assert run(tmp_path, tiny_checkpoint, cases_file, "--fusion", "none", "--no-timing")[0] == 1
     code, s = run(tmp_path, tiny_checkpoint, cases_file, "--fusion", "none", "--no-timing", "--thresholds", str(path))
     assert code == 0, s["overall"]["reasons"]
@@ -315,3 +251,22 @@ def test_every_case_and_call_gets_images_of_its_own():
             assert all(not torch.equal(images, other) for other in seen), (case.id, call)
             seen.append(images)
     assert len(seen) == 6  # reconstruction, clip, ssl x calls A and B
+
+
+def test_selftest_reports_the_harness_sound(tiny_checkpoint, cases_file, capsys):
+    from verify import selftest
+
+    code = selftest.main(["--device", "cpu", "--weights", str(tiny_checkpoint), "--cases", str(cases_file),
+                          "--bugs", "batch_one_only,stale_replay"])
+    out = capsys.readouterr().out
+    assert code == 0 and "SELF-TEST: SOUND" in out and "2/2 injected bugs failed" in out
+
+
+def test_selftest_says_when_a_bug_is_missed(tiny_checkpoint, cases_file, capsys, monkeypatch):
+    from verify import selftest
+
+    monkeypatch.setitem(selftest.BUGS, "batch_one_only", (lambda model: None, "fp32", "a bug that changes nothing"))
+    code = selftest.main(["--device", "cpu", "--weights", str(tiny_checkpoint), "--cases", str(cases_file),
+                          "--bugs", "batch_one_only"])
+    out = capsys.readouterr().out
+    assert code == 1 and "MISSED" in out and "NOT SOUND" in out
