@@ -401,7 +401,7 @@ printf 'VERDICT: %s\n' "$plain" >>"$LOG"
 printf 'VERDICT: %s\n' "$plain" >>"$CONSOLE"
 say "outputs: $OUT"
 for name in log.txt console.txt env.json output/reconstructed.png output/input.png accuracy_summary.json \
-    fusion_result.json; do
+    report.html divergence.json fusion_result.json; do
     [[ ! -e "$OUT/$name" ]] || say "  $OUT/$name"
 done
 exit "$status"
