@@ -39,6 +39,8 @@ def check_options(args) -> dict:
     """Every option checked before any heavy work: returns what the checks already parsed."""
     from ascend.device import resolve_device
     from ascend.fusion import parse_fusion_spec
+    from ascend.runtime import prompts_from_args
+    from verify.bisection import load_fp32_modules
     from verify.cases import load_cases
     from verify.verdict import load_thresholds
 
@@ -48,13 +50,8 @@ def check_options(args) -> dict:
         parse_fusion_spec(args.fusion)
     except ValueError as e:
         raise UsageError(f"--fusion {args.fusion!r}: {e}") from None
-    from ascend.runtime import prompts_from_args
-
-    given = args.prompt or args.prompts_file or args.legacy_prompts
     fp32_modules = None
     if args.fp32_modules:
-        from verify.bisection import load_fp32_modules
-
         try:
             fp32_modules = load_fp32_modules(args.fp32_modules)
         except ValueError as e:
@@ -62,13 +59,16 @@ def check_options(args) -> dict:
     if args.reference is not None and not (args.reference / "manifest.json").is_file():
         raise UsageError(f"--reference {args.reference}: no golden set here (manifest.json missing); make one with "
                          "--save-golden DIR")
-    return {"fp32_modules": fp32_modules,"device": resolve_device(args.device), "thresholds": load_thresholds(args.thresholds),
-            "cases": load_cases(args.cases), "prompts": prompts_from_args(args) if given else None}
+    given = args.prompt or args.prompts_file or args.legacy_prompts
+    return {"device": resolve_device(args.device), "thresholds": load_thresholds(args.thresholds),
+            "cases": load_cases(args.cases), "prompts": prompts_from_args(args) if given else None,
+            "fp32_modules": fp32_modules}
 
 
 # --------------------------------------------------------------------------------------------- main work
-def evaluate(args) -> tuple:
-    """Run everything; returns (summary dict, console lines, case runs)."""
+def evaluate(args, opts: dict) -> tuple:
+    """Run everything with the options `check_options` parsed; returns (summary dict, console lines, case
+    runs, extras for the output files)."""
     import torch
 
     from ascend.device import ascend_options, peak_memory_bytes, restore_fp32_state, set_strict_fp32, synchronize
@@ -86,7 +86,6 @@ def evaluate(args) -> tuple:
 
     t_start = time.perf_counter()
     load_start = load_average()
-    opts = check_options(args)
     device, thresholds = opts["device"], opts["thresholds"]
 
     t = time.perf_counter()
@@ -153,8 +152,7 @@ def evaluate(args) -> tuple:
             verdicts = " ".join(f"{c['call']}={c['verdict']}" for c in case_calls)
             logger.info("case %-28s %s (%.1f s)", case.id, verdicts, run.compute_s)
             runs.append(run)
-        if cpu_fused is not None:
-            del cpu_fused
+        cpu_fused = None  # its memory back before the localisation
         divergence, locate_s = None, 0.0
         if args.locate == "always" or (args.locate == "on-fail" and any(c["verdict"] != "PASS" for c in calls)):
             t = time.perf_counter()
@@ -253,8 +251,7 @@ def _fusion_dict(report):
 
 
 def _fusion_summary(report) -> dict:
-    to_dict = getattr(report, "to_dict", None)
-    data = to_dict() if callable(to_dict) else report
+    data = _fusion_dict(report)
     rules = data.get("rules", []) if isinstance(data, dict) else []
     return {r.get("name"): {"count": r.get("count"), "kernel": r.get("kernel")} for r in rules
             if isinstance(r, dict) and r.get("enabled", True)}
@@ -362,8 +359,8 @@ def main(argv=None) -> int:
         args.out = Path("verify_out") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
         check_out_folder(args.out)
-        check_options(args)  # again inside evaluate; here so that a bad option costs no model load
-        summary, lines, runs, extras = evaluate(args)
+        opts = check_options(args)  # before any model is loaded
+        summary, lines, runs, extras = evaluate(args, opts)
     except env_errors as e:
         logger.error("%s: %s", type(e).__name__, e)
         print(f"error: {e}", file=sys.stderr)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -23,11 +22,12 @@ REFERENCE_CALLS = ("A", "B")
 def save_candidate_outputs(path: Path, runs) -> None:
     from safetensors.torch import save_file
 
+    from vtp.io_utils import atomic_path
+
     tensors = {f"{run.case.id}@{call}/{name}": t.contiguous() for run in runs
                for call, outs in run.candidate.items() if call in REFERENCE_CALLS for name, t in outs.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 # --------------------------------------------------------------------------------------------- golden sets

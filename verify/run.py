@@ -88,8 +88,15 @@ def run_case(case, inputs: Dict[str, dict], *, candidate, reference, device, pre
     t0 = time.perf_counter()
     calls = ["A", "B"] if repeat else ["A"]
 
+    classifiers = {}  # (model, precision) -> text features: the zero-shot prompts are the same in every call
+
     def prepared(model, call, where, at):  # the clip task: its classifier made by the model that answers
-        return with_classifier(model, inputs[call], where, at) if case.task == "clip" else inputs[call]
+        if case.task != "clip" or inputs[call].get("text") is None:
+            return inputs[call]
+        key = (id(model), at)
+        if key not in classifiers:
+            classifiers[key] = classifier(model, inputs[call]["text"], where, at)
+        return {**inputs[call], "text_features": classifiers[key]}
 
     cand_inputs = {call: prepared(candidate, call, device, precision) for call in calls}
     for call in calls:
@@ -141,14 +148,11 @@ def _to_device(inputs: dict, device) -> dict:
     return {k: (inputs[k].to(device) if inputs.get(k) is not None else None) for k in keys}
 
 
-def with_classifier(model, inputs: dict, device, precision: str) -> dict:
-    """The clip task's inputs with the zero-shot classifier (the prompts' text features) computed once by
-    ``model`` at ``precision``: every call of the case then times and compares the image side and the
-    logits; the text tower itself is certified by the clip_text cases."""
-    if inputs.get("text") is None:
-        return inputs
-    features = task_outputs(model, "clip_text", {"text": inputs["text"]}, device, precision)["clip_text_features"]
-    return {**inputs, "text_features": features}
+def classifier(model, text, device, precision: str):
+    """The clip task's zero-shot classifier: the prompts' text features, computed once by ``model`` at
+    ``precision``. Every call of a clip case then times and compares the image side and the logits; the text
+    tower itself is certified by the clip_text cases."""
+    return task_outputs(model, "clip_text", {"text": text}, device, precision)["clip_text_features"]
 
 
 def _raw_task(model, task: str, inputs: dict) -> dict:
@@ -199,9 +203,10 @@ def run_tasks(model, images, text, device, precision: str, tasks=TASKS) -> dict:
     inputs = {"images": images, "text": text}
     if "reconstruction" in tasks:
         out.update(task_outputs(model, "reconstruction", inputs, device, precision))
-    if "clip" in tasks:
-        out.update(task_outputs(model, "clip", inputs, device, precision))
-        out["clip_text_features"] = task_outputs(model, "clip_text", inputs, device, precision)["clip_text_features"]
+    if "clip" in tasks:  # the text tower runs once: its features are also the zero-shot classifier
+        out["clip_text_features"] = classifier(model, text, device, precision)
+        out.update(task_outputs(model, "clip", {**inputs, "text_features": out["clip_text_features"]}, device,
+                                precision))
     if "ssl" in tasks:
         out.update(task_outputs(model, "ssl", inputs, device, precision))
     return out
