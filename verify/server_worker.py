@@ -63,22 +63,12 @@ def _accuracy_argv(passthrough: list, rank: int, device: str, rank_dir: Path) ->
     return argv + ["--quiet", "--out", str(rank_dir), "--device", device]
 
 
-def _supports(option: str) -> bool:
-    from verify import accuracy_eval
-
-    return option in getattr(accuracy_eval.build_parser(), "_option_string_actions", {})
-
-
 def certify(argv: list) -> int:
     """accuracy_eval.main in this process; its exit code (argparse errors and crashes included)."""
     from verify import accuracy_eval
 
-    if _supports("--save-outputs"):
-        argv = argv + ["--save-outputs"]
-    else:
-        logger.warning("this verify/accuracy_eval.py has no --save-outputs: no cross-card consistency")
     try:
-        return accuracy_eval.main(argv)
+        return accuracy_eval.main(argv + ["--save-outputs"])  # the outputs the cross-card check compares
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_ENV
     except Exception:
@@ -90,7 +80,7 @@ def reference_mode(requested: str, ctx, argv: list) -> str:
     """"once" or "per-rank" (see verify.server --reference-mode); "given" when the user passed --reference."""
     if "--reference" in argv or any(a.startswith("--reference=") for a in argv):
         return "given"
-    if not ctx.initialized or not _supports("--save-golden") or not _supports("--reference"):
+    if not ctx.initialized:
         return "per-rank"
     if requested == "auto":
         return "per-rank" if ctx.device.type == "cpu" else "once"
