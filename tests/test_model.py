@@ -482,3 +482,18 @@ def test_saved_files_follow_the_umask(tmp_path, make_tiny, mask):
         os.umask(saved)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert len(modes) > 3 and set(modes.values()) == {0o666 & ~mask}, modes
+
+
+def test_text_truncation_is_exact_where_allowed_and_ignored_elsewhere(make_tiny):
+    import torch
+
+    from vtp.tokenizers import get_tokenizer
+
+    tokens = get_tokenizer()(["a dog", "a photo of a small brown dog on a bench"])
+    causal = make_tiny()
+    full = causal.get_clip_text_feature(tokens)
+    assert causal.can_truncate_text
+    assert torch.allclose(causal.get_clip_text_feature(tokens, truncate=True), full, atol=1e-5)
+    first = make_tiny(text_pool_type="first")  # pooled at position 0: truncation must not apply
+    assert not first.can_truncate_text
+    assert torch.equal(first.get_clip_text_feature(tokens, truncate=True), first.get_clip_text_feature(tokens))

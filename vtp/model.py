@@ -266,13 +266,20 @@ class VTPModel(nn.Module):
         feat = self.visual_proj(feat)
         return F.normalize(feat, dim=-1) if normalize else feat
 
-    def get_clip_text_feature(self, text, normalize: bool = True) -> torch.Tensor:
+    def get_clip_text_feature(self, text, normalize: bool = True, truncate: bool = False) -> torch.Tensor:
+        """Text features (B, D). ``truncate=True`` runs the tower only up to the batch's last end-of-text
+        token: exact up to float rounding where the tower is causal and pooled at that token
+        (`can_truncate_text`), ignored elsewhere. The default is the original's full-length computation."""
         self._require_clip("get_clip_text_feature")
         text = self._check_text(text)
         cast_dtype = self.text_transformer.get_cast_dtype()
+        positions, mask = self.positional_embedding, self.attn_mask
+        if truncate and self.can_truncate_text:
+            length = int(text.argmax(dim=-1).max()) + 1  # the end-of-text id is the largest id
+            text, positions, mask = text[:, :length], positions[:length], mask[:length, :length]
         x = self.token_embedding(text).to(cast_dtype)
-        x = x + self.positional_embedding.to(cast_dtype)
-        x = self.text_transformer(x, attn_mask=self.attn_mask)
+        x = x + positions.to(cast_dtype)
+        x = self.text_transformer(x, attn_mask=mask)
         x = self.ln_final(x)
         x = self._text_pool(x, text)
         if isinstance(self.text_projection, nn.Linear):
@@ -280,6 +287,13 @@ class VTPModel(nn.Module):
         elif self.text_projection is not None:
             x = x @ self.text_projection  # stored [in, out] (spec trap 7)
         return F.normalize(x, dim=-1) if normalize else x
+
+    @property
+    def can_truncate_text(self) -> bool:
+        """True when the text tower is causal and pooled at the end-of-text token: positions after the
+        batch's last end-of-text token cannot change the features."""
+        c = self.config
+        return c.text_pool_type == "argmax" and not c.text_no_causal_mask and self.attn_mask is not None
 
     def _text_pool(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         pool = self.config.text_pool_type

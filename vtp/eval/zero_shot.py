@@ -26,34 +26,11 @@ from .data import ImageFolderDataset, ShardSampler, make_loader
 logger = logging.getLogger(__name__)
 
 
-def can_truncate(model) -> bool:
-    """True when the text tower is causal and pooled at the EOT token (``argmax``), so truncation is exact."""
-    c = model.config
-    return c.text_pool_type == "argmax" and not c.text_no_causal_mask and model.attn_mask is not None
-
-
 def text_features(model, tokens: torch.Tensor, truncate: bool = True) -> torch.Tensor:
-    """L2-normalised CLIP text features (B, D) of token ids (B, C).
-
-    ``truncate``: run the tower on positions ``0 .. max EOT`` only (exact up to float rounding for a causal,
-    EOT-pooled tower; falls back to the full length otherwise). ``False`` calls ``get_clip_text_feature``.
-    """
-    if not truncate or not can_truncate(model):
-        return model.get_clip_text_feature(tokens, normalize=True)
-    eot = tokens.argmax(dim=-1)  # (B,)
-    length = int(eot.max().item()) + 1
-    cast_dtype = model.text_transformer.get_cast_dtype()
-    x = model.token_embedding(tokens[:, :length]).to(cast_dtype)  # (B, L, W)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.text_transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), eot]  # (B, W) at the EOT token
-    proj = model.text_projection
-    if isinstance(proj, torch.nn.Linear):
-        x = proj(x)
-    elif proj is not None:
-        x = x @ proj
-    return F.normalize(x, dim=-1)
+    """L2-normalised CLIP text features (B, D) of token ids (B, C); ``truncate``: run the tower on positions
+    ``0 .. max EOT`` only (VTPModel.get_clip_text_feature's ``truncate``; the full length where that is not
+    exact). ``False`` is the original's full-length path."""
+    return model.get_clip_text_feature(tokens, normalize=True, truncate=truncate)
 
 
 def _batched(items: Sequence, n: int):
