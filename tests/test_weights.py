@@ -615,6 +615,19 @@ def test_env_check_uses_the_loader_rule(tmp_path):
     assert row.status == ERROR and row.detail == f"{folder} lacks model.safetensors"
 
 
+@pytest.mark.parametrize("content, words", [(b"", "the file is empty (0 bytes)"),
+                                            (b"not a safetensors header", "not a readable safetensors file")])
+def test_env_check_refuses_weights_it_cannot_read(tmp_path, content, words):
+    pytest.importorskip("torch")
+    from verify.env_check import ERROR, check_weights
+    from vtp import layout
+
+    folder = make_folder(tmp_path / "st", {"config.json": b"{}", "model.safetensors": content})
+    assert layout.missing_files(folder) == [] and words in layout.unreadable_files(folder)[0]
+    row = check_weights(folder, require=True)
+    assert row.status == ERROR and words in row.detail
+
+
 def test_write_manifest_accepts_a_bin_checkpoint(cli, tmp_path):
     folder = make_folder(tmp_path / SMALL, {"config.json": b"{}", "pytorch_model.bin": b"pickled tensors"})
     code, out, err = cli("verify", folder, "--write-manifest")

@@ -178,7 +178,7 @@ def check_device(requested: str, report: Optional[dict]) -> Check:
 
 def check_weights(weights: Optional[Path], require: bool) -> Check:
     from ascend.runtime import default_weights_dir
-    from vtp.layout import missing_files
+    from vtp.layout import missing_files, unreadable_files
     from vtp.weights import WeightsError, verify_manifest
 
     folder = weights if weights is not None else default_weights_dir()
@@ -193,9 +193,13 @@ def check_weights(weights: Optional[Path], require: bool) -> Check:
     if not folder.is_dir():
         return Check("weights", ERROR, f"weights folder not found: {folder}",
                      f"pass the folder that holds config.json and model.safetensors ({DOWNLOAD_HINT})")
-    missing = missing_files(folder)  # the loader's own rule (vtp.layout)
+    missing = missing_files(folder)  # the loader's own rules (vtp.layout)
     if missing:
         return Check("weights", ERROR, f"{folder} lacks {', '.join(missing)}",
+                     f"download the checkpoint again ({DOWNLOAD_HINT} --dest {folder})")
+    unreadable = unreadable_files(folder)
+    if unreadable:
+        return Check("weights", ERROR, unreadable[0],
                      f"download the checkpoint again ({DOWNLOAD_HINT} --dest {folder})")
     try:
         json.loads((folder / "config.json").read_text(encoding="utf-8"))

@@ -19,40 +19,23 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
 def check_weights_folder(folder: Path) -> list:
-    """Problems of a checkpoint folder that can be seen without loading it: config.json readable, a weights
-    file present and not empty, a safetensors header that parses."""
+    """Problems of a checkpoint folder that show without loading it: config.json readable, the weights files
+    the loader would read present, not empty, with a header that parses (vtp.layout's rules)."""
+    from vtp.layout import CONFIG_NAME, missing_files, unreadable_files
+
     if not folder.is_dir():
         return [f"--weights {folder}: no such folder"]
-    problems = []
-    config = folder / "config.json"
-    try:
-        json.loads(config.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        problems.append(f"--weights {folder}: no config.json (an official checkpoint folder has config.json and "
-                        "model.safetensors; see weights/README.md)")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        problems.append(f"--weights {config}: not a readable JSON file ({e})")
-    present = [folder / name for name in WEIGHT_FILES if (folder / name).exists()]
-    if not present:
-        problems.append(f"--weights {folder}: no weights file ({', '.join(WEIGHT_FILES)})")
-    for path in present:
-        size = path.stat().st_size
-        if size == 0:
-            problems.append(f"--weights {path}: the file is empty (0 bytes): a failed download or copy; fetch it "
-                            "again (python -m vtp.weights download ...) or place it by hand")
-        elif path.suffix == ".safetensors":
-            try:
-                from safetensors import safe_open
-
-                with safe_open(str(path), framework="pt") as f:
-                    f.keys()
-            except Exception as e:  # header unreadable: truncated or not safetensors
-                problems.append(f"--weights {path}: not a readable safetensors file ({size} bytes; {e})")
-    return problems
+    hint = ("fetch it again (python -m vtp.weights download ...) or place it by hand (an official checkpoint "
+            "folder has config.json and model.safetensors; see weights/README.md)")
+    problems = [f"--weights {folder}: {name} is missing; {hint}" for name in missing_files(folder)]
+    config = folder / CONFIG_NAME
+    if config.is_file():
+        try:
+            json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            problems.append(f"--weights {config}: not a readable JSON file ({e})")
+    return problems + [f"--weights {line}; {hint}" for line in unreadable_files(folder)]
 
 
 def check_out_folder(out: Path) -> list:

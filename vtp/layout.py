@@ -113,3 +113,27 @@ def missing_files(folder: "str | os.PathLike") -> list[str]:
     except CheckpointError as e:
         missing += e.missing
     return missing
+
+
+def unreadable_files(folder: "str | os.PathLike") -> list[str]:
+    """Problems of the weights files the loader would read that show without loading them, one line each:
+    an empty file (a failed download or copy), a safetensors file whose header does not parse. [] when
+    there are none, or when the weights are missing (`missing_files` says that)."""
+    try:
+        _, files = find_weights(folder)
+    except CheckpointError:
+        return []
+    problems = []
+    for path in files:
+        size = path.stat().st_size
+        if size == 0:
+            problems.append(f"{path}: the file is empty (0 bytes): a failed download or copy")
+        elif path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    f.keys()
+            except Exception as e:  # a truncated header or not safetensors at all
+                problems.append(f"{path}: not a readable safetensors file ({size} bytes; {e})")
+    return problems
