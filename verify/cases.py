@@ -213,25 +213,22 @@ def input_seed(case_id: str, call: str) -> int:
 
 def case_images(case: Case, call: str, first_image=None):
     """(images (B, 3, H, W) ImageNet-normalised, descriptions). ``first_image`` (PIL) replaces image 0."""
-    import numpy as np
     import torch
 
-    from vtp.image import make_sample_image, normalize, preprocess
+    from vtp.image import make_sample_image, preprocess
 
     seed = input_seed(case.id, call)
     images, described = [], []
     side = max(case.height, case.width)
     for i in range(case.batch):
         if i == 0 and first_image is not None:
-            images.append(preprocess(first_image, size=(case.height, case.width))[0])
-            described.append("the sample image")
-            continue
-        pil = make_sample_image(side, seed + i)
-        top, left = (side - case.height) // 2, (side - case.width) // 2
-        pil = pil.crop((left, top, left + case.width, top + case.height))
-        pixels = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0)  # (H, W, 3) in [0, 1]
-        images.append(normalize(pixels.permute(2, 0, 1)))
-        described.append(f"synthetic seed {seed + i}")
+            pil, what = first_image, "the sample image"
+        else:  # a square sample image, its centre cropped to the case's shape
+            top, left = (side - case.height) // 2, (side - case.width) // 2
+            pil = make_sample_image(side, seed + i).crop((left, top, left + case.width, top + case.height))
+            what = f"synthetic seed {seed + i}"
+        images.append(preprocess(pil, size=(case.height, case.width))[0])  # no resampling at the same size
+        described.append(what)
     return torch.stack(images), described
 
 
