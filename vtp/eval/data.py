@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vtp.image import _center_crop_arr, normalize
+from vtp.image import _center_crop_arr, _pil_to_unit_tensor, normalize
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +132,7 @@ def _random_resized_crop(img: Image.Image, size: int, gen: torch.Generator) -> I
 
 def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> (3, H, W) float32, ImageNet-normalised (ToTensor + Normalize)."""
-    arr = np.asarray(img, dtype=np.uint8)
-    return normalize(torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255.0))
+    return normalize(_pil_to_unit_tensor(img))
 
 
 @dataclass
