@@ -24,10 +24,11 @@ what differs and what to do. The manifest is written last, so an interrupted sav
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 from pathlib import Path
+
+from vtp.weights import sha256_file
 
 SCHEMA = "vtp-golden/1"
 INPUTS, OUTPUTS, MANIFEST = "inputs.safetensors", "reference.safetensors", "manifest.json"
@@ -56,14 +57,6 @@ def kit_version() -> str:
         return str(data["project"]["version"])
     except (ImportError, OSError, KeyError, ValueError):
         return "unknown"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_key(identity) -> dict:
@@ -120,7 +113,7 @@ def save_golden(folder, inputs: dict, outputs: dict, info: dict) -> Path:
     for name, tensors in ((INPUTS, inputs), (OUTPUTS, outputs)):
         with atomic_path(folder / name) as tmp:
             save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
-        files[name] = {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
+        files[name] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
     known = ("weights", "config", "cases", "reference", "device")
     manifest = {
         "schema": SCHEMA,
@@ -200,7 +193,7 @@ def load_golden(folder, expect: dict):
         entry = files.get(name) or {}
         if not path.is_file():
             raise GoldenError(f"{path}: missing from the golden set; make it again with --save-golden {folder}")
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != entry.get("sha256"):
             raise GoldenError(f"{path}: sha256 {actual[:16]}... does not match the manifest "
                               f"({str(entry.get('sha256'))[:16]}...): the file was changed after the set was made; "
