@@ -42,17 +42,11 @@ MAX_GATES = 12
 
 # ----------------------------------------------------------------------------------------- one rank
 def failed_gates(summary: dict) -> list:
-    """The failing gates of one rank's accuracy summary, as short strings (case and gate, or reasons)."""
-    gates = []
-    for case in summary.get("cases") or []:
-        if not isinstance(case, dict) or case.get("verdict") == "PASS":
-            continue
-        named = case.get("failed_gates") or [g.get("name") or g.get("gate") for g in case.get("gates") or []
-                                             if isinstance(g, dict) and (g.get("verdict") == "FAIL"
-                                                                         or g.get("passed") is False)]
-        label = case.get("id") or case.get("case") or "case"
-        gates += [f"{label}: {g}" if not isinstance(g, dict) else f"{label}: {g.get('name', g)}" for g in named] \
-            or [f"{label}: {case.get('verdict')}"]
+    """The failing gates of one rank's accuracy summary (vtp-accuracy-summary/2), "case@call: gate" each;
+    the overall reasons when no case names one."""
+    gates = [f"{case.get('id', 'case')}: {gate}" for case in summary.get("cases") or []
+             if isinstance(case, dict) and case.get("verdict") != "PASS"
+             for gate in case.get("failed_gates") or [case.get("verdict")]]
     if not gates:
         gates = list((summary.get("overall") or {}).get("reasons") or [])
     return gates[:MAX_GATES] + ([f"... {len(gates) - MAX_GATES} more"] if len(gates) > MAX_GATES else [])
