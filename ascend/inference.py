@@ -44,7 +44,7 @@ if __name__ == "__main__":
         sys.path.insert(0, str(_REPO))  # works without `pip install -e .`
 
 from ascend.npu import prepare_environment  # noqa: E402  (imports neither torch nor torch_npu)
-from ascend.runtime import add_prompt_arguments, shorten  # noqa: E402  (no torch either)
+from ascend.runtime import FUSION_HELP, add_prompt_arguments, shorten  # noqa: E402  (no torch either)
 
 logger = logging.getLogger("ascend.inference")
 
@@ -53,12 +53,6 @@ IMAGE_SIZE = 256
 RECONSTRUCTION_NAME = "reconstructed.png"
 INPUT_NAME = "input.png"
 RESIZE_MODES = {"squash": "resize", "center-crop": "center_crop"}  # --resize -> vtp.image.preprocess mode
-FUSION_HELP = ("fused-operator rules (default all): 'all'; 'none'; a comma list of the rules to apply "
-               "(gelu,layernorm); a comma list of rules to leave out, each with a leading '-' (-gelu,-rope = all "
-               "but gelu and rope; 'all,-gelu' is the same as '-gelu'; write --fusion=-gelu with '=', else the "
-               "value is taken for an option); or a YAML rule file (ascend/fusion.yaml). "
-               "Rules: gelu, layernorm, rmsnorm, swiglu, attention, rope, quick_gelu, pixel_shuffle. A list that "
-               "names rules both to apply and to leave out is refused.")
 TASKS = ("reconstruction", "clip", "ssl")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 

@@ -22,6 +22,13 @@ SYNTHETIC_NOTICE = ("NOTICE: no checkpoint found at {path}; using SYNTHETIC rand
                     "of the model's computation. Download weights with `python -m vtp.weights download {preset}`.")
 
 
+# The --fusion syntax, for the help of every entry point (ascend.fusion.parse_fusion_spec reads it).
+FUSION_HELP = ("fused-operator rules (default all): 'all'; 'none'; a comma list of the rules to apply "
+               "(gelu,layernorm); a comma list of rules to leave out, each with a leading '-' (-gelu,-rope = all "
+               "but gelu and rope; 'all,-gelu' is the same as '-gelu'; write --fusion=-gelu with '=', else the "
+               "value is taken for an option); or a YAML rule file (ascend/fusion.yaml). "
+               "Rules: gelu, layernorm, rmsnorm, swiglu, attention, rope, quick_gelu, pixel_shuffle. A list that "
+               "names rules both to apply and to leave out is refused.")
 PROMPT_HELP = ("one CLIP prompt; repeat the option for more prompts (a comma is part of the prompt: "
                "--prompt 'a dog, sitting' --prompt 'a cat')")
 PROMPTS_FILE_HELP = ("a UTF-8 text file with one prompt per line; blank lines and lines starting with # are "

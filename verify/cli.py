@@ -1,4 +1,4 @@
-"""The command-line options every certification tool shares (accuracy_eval, locate, bisect), so that one
+"""The command-line options every certification tool shares (accuracy_eval, locate, bisection), so that one
 spelling means one thing everywhere: the device, the weights, the precision, the fusion spec, the thresholds,
 the harness self-test and the prompts (--prompt TEXT, repeatable, or --prompts-file FILE)."""
 
@@ -7,12 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-FUSION_HELP = ("fused-operator rules: all (default), none, only some (gelu,layernorm), all but some (-gelu,-rope; "
-               "write it as --fusion=-gelu) or a YAML file")
-
 
 def add_run_options(p: argparse.ArgumentParser, *, precision_default="fp32", precision_help=None) -> None:
-    from ascend.runtime import add_prompt_arguments
+    from ascend.runtime import FUSION_HELP, add_prompt_arguments
 
     p.add_argument("--device", default="auto", help="auto (NPU > CUDA > CPU), npu[:N], cuda[:N] or cpu")
     p.add_argument("--weights", type=Path, help="checkpoint folder (default weights/VTP-Small-f16d64, else "

@@ -162,7 +162,7 @@ def run_one(argv: list, out: Path, install=None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from verify.cli import FUSION_HELP
+    from ascend.runtime import FUSION_HELP
 
     p = argparse.ArgumentParser(prog="python -m verify.selftest", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -8,7 +8,7 @@ determinism findings, the coverage of the profile, and the timings with their st
 from __future__ import annotations
 
 
-from verify.report import _num
+from verify.report import _num, weights_line
 
 
 def _ms(value) -> str:
@@ -119,8 +119,6 @@ def summary_lines(summary: dict, source: str = "") -> list:
              f"candidate: {cand.get('device', '-')} {cand.get('precision', '-')} fusion={cand.get('fusion', '-')}; "
              f"reference: cpu fp32 unfused; profile {profile.get('profile', '-')} (cases file "
              f"{profile.get('file', '-')}, version {profile.get('version', '-')})"]
-    from verify.report import weights_line
-
     lines.append(weights_line(weights))
     if cand.get("injected_fault"):
         f = cand["injected_fault"]
