@@ -43,7 +43,7 @@ def text_features_and_tokens(model, text):
     import torch
 
     captured = []
-    final_norm = dict(model.named_modules())["ln_final"]  # by name: the fusion layer may have swapped it
+    final_norm = model.ln_final  # read at call time: the fusion layer may have swapped the module
     handle = final_norm.register_forward_hook(lambda module, args, output: captured.append(output))
     try:
         features = model.get_clip_text_feature(text)
