@@ -28,7 +28,6 @@ import argparse
 import datetime
 import importlib.util
 import logging
-import os
 import shlex
 import sys
 import time
@@ -129,16 +128,12 @@ def parse_tasks(text: str) -> tuple:
 def check_writable_folder(folder: Path, option: str = "--out") -> None:
     """Create ``folder`` if needed and prove it writable by creating and deleting a file in it; UsageError
     naming the folder and what to do otherwise (root ignores permission bits, so the probe is a real write)."""
-    import tempfile
+    from vtp.io_utils import folder_write_problem
 
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(f"{option} {folder}: the output folder cannot be written ({exc.strerror or exc}); pick a "
-                         f"writable folder with {option} DIR, or make this one writable") from None
+    reason = folder_write_problem(folder)
+    if reason is not None:
+        raise UsageError(f"{option} {folder}: the output folder cannot be written ({reason}); pick a "
+                         f"writable folder with {option} DIR, or make this one writable")
 
 
 def setup_logging(log_path: Path, verbose: bool) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -38,15 +37,13 @@ def check_weights_folder(folder: Path) -> list:
     return problems + [f"--weights {line}; {hint}" for line in unreadable_files(folder)]
 
 
-def check_out_folder(out: Path) -> list:
-    """The output folder can be created and written (probed with a temporary file)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        return [f"--out {out}: cannot write there ({e.strerror or e}); choose a writable folder with --out DIR"]
-    return []
+def check_out_folder(out: Path, option: str = "--out") -> list:
+    """The output folder can be created and written (vtp.io_utils.folder_write_problem)."""
+    from vtp.io_utils import folder_write_problem
+
+    reason = folder_write_problem(out)
+    return [] if reason is None else [f"{option} {out}: cannot write there ({reason}); choose a writable folder "
+                                      f"with {option} DIR"]
 
 
 def problems_of(args) -> list:
@@ -91,7 +88,7 @@ def problems_of(args) -> list:
         except ValueError as e:
             problems.append(f"--fp32-modules: {e}")
     if args.save_golden is not None:
-        problems += [line.replace("--out", "--save-golden", 1) for line in check_out_folder(args.save_golden)]
+        problems += check_out_folder(args.save_golden, "--save-golden")
     if args.dataset is not None:
         if not args.dataset.is_dir():
             problems.append(f"--dataset {args.dataset}: no such folder (an ImageFolder layout: DIR/<class>/<image>)")

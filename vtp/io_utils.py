@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_append_text", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_append_text", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "folder_write_problem"]
 
 _TEMP_NAME_TRIES = 100
 
@@ -95,3 +96,18 @@ def atomic_append_text(path: "str | os.PathLike", text: str) -> Path:
     path = Path(path)
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     return atomic_write_text(path, old + text)
+
+
+def folder_write_problem(folder: "str | os.PathLike") -> "str | None":
+    """None when ``folder`` exists, or can be created, and a file can be written in it; else the reason.
+
+    The probe is a real write of a temporary file (removed again): root ignores permission bits, and a
+    read-only mount or a full disk only shows when something is written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = _create_temp(folder / ".write-probe")
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
