@@ -20,7 +20,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def inputs(reference):
-    from verify.accuracy_eval import make_inputs
+    from verify.run import make_inputs
 
     images, _, text = make_inputs(None, 2, 32, ("a dog", "a cat"), context_length=reference.config.text_context_length)
     return {"images": images, "text": text}

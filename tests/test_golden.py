@@ -13,7 +13,7 @@ FP32 = {"max_rel_err": 0.01, "min_cosine": 0.9999, "max_rel_l2": 0.01}
 
 
 def _run(model, images):
-    from verify.accuracy_eval import TASKS, run_tasks
+    from verify.run import TASKS, run_tasks
 
     out = run_tasks(model, images, torch.zeros(1, 77, dtype=torch.long), torch.device("cpu"), "fp32",
                     {"ssl": TASKS["ssl"]})
@@ -45,7 +45,7 @@ def _verdicts(candidate_out, reference_out):
 
 def test_round_trip_judges_like_recomputing(golden):
     from ascend.runtime import prepare_candidate
-    from verify.accuracy_eval import inject_fault
+    from verify.faults import inject_fault
 
     folder, reference, identity = golden
     moved = dict(identity, path="/elsewhere")  # another machine: the folder differs, the content does not

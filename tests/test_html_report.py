@@ -33,7 +33,8 @@ def _summary():
 def divergence():
     from tests.conftest import tiny_config
     from ascend.runtime import prepare_candidate
-    from verify.accuracy_eval import inject_fault, run_tasks
+    from verify.faults import inject_fault
+    from verify.run import run_tasks
     from verify.locate import locate
     from vtp import VTPModel
 

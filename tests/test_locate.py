@@ -21,7 +21,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def inputs(reference):
-    from verify.accuracy_eval import make_inputs
+    from verify.run import make_inputs
 
     images, _, text = make_inputs(None, 2, 64, PROMPTS, context_length=reference.config.text_context_length)
     return {"images": images, "text": text}
@@ -35,7 +35,7 @@ def thresholds():
 
 def _candidate(reference, fault=None, fusion="all"):
     from ascend.runtime import prepare_candidate
-    from verify.accuracy_eval import inject_fault
+    from verify.faults import inject_fault
 
     candidate, _ = prepare_candidate(reference, torch.device("cpu"), fusion=fusion, precision="fp32")
     if fault:

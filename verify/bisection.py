@@ -131,7 +131,7 @@ class _Trial:
         import torch
 
         from ascend.device import strict_fp32
-        from verify.accuracy_eval import TASKS, run_tasks, task_plan
+        from verify.run import TASKS, run_tasks, task_plan
 
         self.reference, self.device, self.precision, self.thresholds = reference, device, precision, thresholds
         self.tasks = {t: TASKS[t] for t in tasks} if tasks else task_plan(reference.config)[0]
@@ -143,7 +143,7 @@ class _Trial:
 
     def __call__(self, label, fusion="all", fault=None, fp32_modules=()) -> bool:
         from ascend.runtime import prepare_candidate
-        from verify.accuracy_eval import inject_fault
+        from verify.faults import inject_fault
         from verify.metrics import compare_tensors
         from verify.verdict import judge
 
@@ -284,7 +284,8 @@ def main(argv=None) -> int:
         from ascend.device import resolve_device
         from ascend.fusion import parse_fusion_spec
         from ascend.runtime import load_weights
-        from verify.accuracy_eval import make_inputs, parse_fault
+        from verify.faults import parse_fault
+        from verify.run import make_inputs
         from verify.verdict import load_thresholds
 
         device = resolve_device(args.device)

@@ -142,7 +142,7 @@ def locate(reference, candidate, inputs: dict, *, device, precision: str, thresh
     import torch
 
     from ascend.device import restore_fp32_state, set_strict_fp32, strict_fp32
-    from verify.accuracy_eval import TASKS, run_tasks, task_plan
+    from verify.run import TASKS, run_tasks, task_plan
 
     device = torch.device(device)
     images, text = inputs["images"], inputs["text"]
@@ -456,7 +456,8 @@ def _run(args) -> dict:
     from ascend.device import resolve_device
     from ascend.fusion import parse_fusion_spec
     from ascend.runtime import load_weights, prepare_candidate
-    from verify.accuracy_eval import inject_fault, make_inputs, parse_fault
+    from verify.faults import inject_fault, parse_fault
+    from verify.run import make_inputs
     from verify.verdict import load_thresholds
 
     device = resolve_device(args.device)
