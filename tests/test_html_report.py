@@ -79,7 +79,7 @@ def test_report_has_every_section_and_its_images_decode(tmp_path, divergence):
 
 
 def test_without_matplotlib_the_report_degrades_to_tables(tmp_path, divergence, monkeypatch):
-    monkeypatch.setattr(html_report, "_matplotlib", lambda: None)
+    monkeypatch.setattr(html_report, "matplotlib_pyplot", lambda: None)
     div, recon, _ = divergence
     page = write_html_report(tmp_path / "r.html", _summary(), divergence=div, recon_images=recon).read_text()
     assert "matplotlib is not installed: plots are shown as tables" in page

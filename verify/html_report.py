@@ -22,6 +22,8 @@ import math
 from pathlib import Path
 
 from verify.compare import _d, _num, environment_of, tensor_rows, timing_rows, verdict_of
+from verify.divergence import _marked, error_vs_depth_png
+from verify.plots import figure_png, matplotlib_pyplot
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1d2330;max-width:1400px}
@@ -49,25 +51,6 @@ def _png_b64(data: bytes) -> str:
 
 def _img(data: bytes, alt: str, cls: str = "") -> str:
     return f'<img class="{cls}" alt="{_e(alt)}" src="{_png_b64(data)}">'
-
-
-def _matplotlib():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        return plt
-    except ImportError:
-        return None
-
-
-def _fig_png(plt, fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------------- images
@@ -110,50 +93,9 @@ def recon_strip(entry: dict) -> str:
     return f'<h3>{_e(entry.get("case", "-"))}</h3><div class="strip">{figs}</div>'
 
 
-# --------------------------------------------------------------------------------------------- plots
-def _marked(rows, task, first) -> int:
-    """Index of the row holding the first divergent module (itself, or the block that contains it), or -1."""
-    if not first or task != first.get("task"):
-        return -1
-    name = str(first.get("module"))
-    for i, r in enumerate(rows):
-        if name == r["module"] or name.startswith(r["module"] + "."):
-            return i
-    return -1
-
-
-def error_vs_depth_png(divergence: dict):
-    """Relative L2 error per module along depth, one line per task, first divergent module marked; None
-    without matplotlib or data."""
-    plt = _matplotlib()
-    growth = _d((divergence or {}).get("growth"))
-    if plt is None or not any(growth.values()):
-        return None
-    first = _d(divergence.get("first_divergent"))
-    fig, ax = plt.subplots(figsize=(11, 4.2))
-    floor = 1e-10
-    for task, rows in growth.items():
-        ys = [r["relative_l2_error"] if isinstance(r.get("relative_l2_error"), float) else math.nan for r in rows]
-        ax.plot(range(len(ys)), [max(y, floor) for y in ys], marker=".", label=task)
-        i = _marked(rows, task, first)
-        if i >= 0:
-            ax.scatter([i], [max(ys[i], floor)], s=160, facecolors="none", edgecolors="red", linewidths=2, zorder=5)
-            ax.annotate(f"first divergent: {first['module']}", (i, max(ys[i], floor)), xytext=(-40, -28),
-                        textcoords="offset points", color="red")
-    gate = _d(divergence.get("gates")).get("max_rel_l2")
-    if isinstance(gate, (int, float)):
-        ax.axhline(gate, color="grey", linestyle="--", linewidth=1, label=f"gate max_rel_l2 {gate:g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("module, in execution order (name depth <= 3)")
-    ax.set_ylabel(f"relative L2 error (floor {floor:g})")
-    ax.set_title("error along depth")
-    ax.legend(loc="upper left", fontsize=8)
-    return _fig_png(plt, fig)
-
-
 def timing_png(summary: dict):
     """First call vs warm median (with p90 whisker) per task, ms; None without matplotlib or timings."""
-    plt = _matplotlib()
+    plt = matplotlib_pyplot()
     rows = timing_rows(summary)
     if plt is None or not rows:
         return None
@@ -170,7 +112,7 @@ def timing_png(summary: dict):
     ax.set_ylabel("ms")
     ax.set_title("timing per task")
     ax.legend(fontsize=8)
-    return _fig_png(plt, fig)
+    return figure_png(plt, fig)
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -248,7 +190,7 @@ def _divergence_section(divergence, plots_ok: bool) -> str:
     if not divergence:
         return ('<section id="divergence"><h2>Error along depth</h2><p>not located in this run (it runs when the '
                 'verdict is FAIL, or with --locate)</p></section>')
-    from verify.locate import summary_lines
+    from verify.divergence import summary_lines
 
     out = ['<section id="divergence"><h2>Error along depth</h2>',
            "<ul>" + "".join(f"<li>{_e(x)}</li>" for x in summary_lines(divergence)) + "</ul>"]
@@ -303,7 +245,7 @@ def _fusion_section(summary: dict, fusion) -> str:
 
 
 def render_html(summary: dict, *, divergence=None, recon_images=None, fusion=None) -> str:
-    plots_ok = _matplotlib() is not None
+    plots_ok = matplotlib_pyplot() is not None
     note = "" if plots_ok else ('<p class="note">matplotlib is not installed: plots are shown as tables '
                                 '(pip install "vtp-ascend[report]" or pip install matplotlib).</p>')
     env = environment_of(summary)

@@ -62,7 +62,6 @@ from verify.cli import add_run_options
 if __package__ in (None, ""):  # run as `python verify/locate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SCHEMA = "vtp-divergence/1"
 GROWTH_DEPTH = 3  # modules with at most 3 name parts (trunk.blocks.7, pixel_decoder.norm) make the depth table
 AHEAD = 2  # outputs a side may leave unmatched before it waits for the other side
 INPUT_CHECKS = 50  # failing modules per task whose inputs are compared (the search for the first divergent)
@@ -74,6 +73,7 @@ logger = logging.getLogger("verify.locate")
 
 from verify.layer_compare import compare_pair, failed_gates, gate_limits, output_tensors  # noqa: E402
 from verify.metrics import json_float  # noqa: E402
+from verify.divergence import SCHEMA, error_vs_depth_png, growth_lines, summary_lines, write_divergence  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------------------------- rendezvous
@@ -345,61 +345,6 @@ def _suspect(layers):
     return best
 
 
-def growth_lines(result: dict) -> list:
-    """The error-growth table, one block per task."""
-    lines = []
-    for task, rows in result.get("growth", {}).items():
-        lines.append(f"error along depth, task {task} (case {result.get('case')}):")
-        lines.append(f"  {'module':42s} {'call':>4s} {'rel_l2':>11s} {'cosine':>12s} {'NaN/Inf':>8s}  verdict")
-        for r in rows:
-            lines.append(f"  {r['module']:42s} {r['call']:>4d} {_num(r['relative_l2_error']):>11s} "
-                         f"{_num(r['cosine_similarity']):>12s} {r.get('nonfinite', 0):>8d}  {r['verdict']}")
-    return lines
-
-
-def _num(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def summary_lines(result: dict) -> list:
-    fd, fn = result.get("first_divergent"), result.get("first_nonfinite")
-    lines = []
-    if fd:
-        lines.append(f"first divergent module: {fd['module']} ({fd['class']}, task {fd['task']}, case {fd['case']}, "
-                     f"call {fd['call']}): {fd['metric']} {_num(fd['value'])} vs threshold {fd['threshold']}"
-                     + ("" if fd["inputs_agree"] else "; its inputs already differ: the error enters in code that "
-                                                      "is not a module, just before it"))
-    else:
-        lines.append("first divergent module: none (every module output within the gates)")
-        if result.get("suspect"):
-            s = result["suspect"]
-            lines.append(f"largest error growth: {s['module']} (task {s['task']}): rel_l2 {_num(s['rel_l2'])} "
-                         f"from inputs at {_num(s['input_rel_l2'])}")
-    lines.append(f"first NaN/Inf: {fn['module']} (task {fn['task']}, {fn['count']} value(s))" if fn
-                 else "first NaN/Inf: none")
-    for task, info in result.get("per_task", {}).items():
-        if info.get("error"):
-            lines.append(f"task {task}: the run stopped: {info['error']}")
-    return lines
-
-
-def write_divergence(path, result: dict) -> Path:
-    """Write ``result`` as JSON atomically; full tensors (if any) to ``<stem>_tensors.safetensors`` beside it."""
-    from vtp.io_utils import atomic_path, atomic_write_json
-
-    path = Path(path)
-    tensors = result.get("tensors") or {}
-    data = {k: v for k, v in result.items() if k != "tensors"}
-    if tensors:
-        from safetensors.torch import save_file
-
-        file = path.with_name(path.stem + "_tensors.safetensors")
-        with atomic_path(file) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        data["tensors_file"] = file.name
-    return atomic_write_json(path, data)
-
-
 # --------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -437,7 +382,7 @@ def main(argv=None) -> int:
     out = args.out or Path("verify_out") / datetime.datetime.now().strftime("locate-%Y%m%d-%H%M%S")
     try:
         write_divergence(out / "divergence.json", result)
-        from verify.html_report import error_vs_depth_png
+        
 
         png = error_vs_depth_png(result)
         if png is not None:
