@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from verify.bisection import (apply_fp32_modules, bisect_fusion, bisect_precision, default_groups, load_fp32_modules,
-                           write_fp32_modules)
+from verify.bisection import bisect_fusion, bisect_precision, default_groups
+from verify.fp32_modules import apply_fp32_modules, load_fp32_modules, write_fp32_modules
 
 FP32 = {"max_rel_err": 0.01, "min_cosine": 0.9999, "max_rel_l2": 0.01}
 BF16 = {"max_rel_err": 0.15, "min_cosine": 0.999, "max_rel_l2": 0.05}

@@ -40,7 +40,7 @@ def check_options(args) -> dict:
     from ascend.device import resolve_device
     from ascend.fusion import parse_fusion_spec
     from ascend.runtime import prompts_from_args
-    from verify.bisection import load_fp32_modules
+    from verify.fp32_modules import load_fp32_modules
     from verify.cases import load_cases
     from verify.verdict import load_thresholds
 
@@ -78,7 +78,7 @@ def evaluate(args, opts: dict) -> tuple:
     from verify.cases import build_plan, coverage, make_case_inputs
     from verify.judge import judge_case, overall
     from verify.artifacts import GoldenReference, locate_first_failure, save_golden_set
-    from verify.bisection import apply_fp32_modules
+    from verify.fp32_modules import apply_fp32_modules
     from verify.run import run_case
     from verify.timing import CLEAN_NUMBERS_HINT, cold_process_load, load_average
     from verify.verdict import select_thresholds

@@ -81,7 +81,7 @@ def problems_of(args) -> list:
         problems.append(f"--reference {args.reference}: no golden set here (manifest.json missing); make one with "
                         "--save-golden DIR")
     if args.fp32_modules is not None:
-        from verify.bisection import load_fp32_modules
+        from verify.fp32_modules import load_fp32_modules
 
         try:
             load_fp32_modules(args.fp32_modules)
