@@ -1,4 +1,4 @@
-"""Shared helpers of the tests of vtp.eval and vtp.extract: a tiny generated ImageFolder."""
+"""Shared helpers of the tests of vtp_tools.eval and vtp_tools.extract: a tiny generated ImageFolder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""vtp.eval.data: ImageFolder discovery, identity, transforms, sharding; bad datasets exit 2 before any work."""
+"""vtp_tools.eval.data: ImageFolder discovery, identity, transforms, sharding; bad datasets exit 2 before any work."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from eval_helpers import make_image_folder
 
-from vtp.eval.data import DatasetError, ImageFolderDataset, ShardSampler, find_samples
-from vtp.eval.cli import main
+from vtp_tools.eval.data import DatasetError, ImageFolderDataset, ShardSampler, find_samples
+from vtp_tools.eval.cli import main
 
 
 def test_imagefolder_order_labels_and_identity(tmp_path):

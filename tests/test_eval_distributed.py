@@ -8,7 +8,7 @@ import pytest
 from eval_helpers import make_image_folder
 from test_distributed import torchrun
 
-from vtp.eval.cli import main
+from vtp_tools.eval.cli import main
 
 TASKS = {"zero-shot": ["--classnames", "folders"], "reconstruction": ["--no-fid", "--no-lpips"]}
 
@@ -24,7 +24,7 @@ def test_two_processes_equal_one(tmp_path, tiny_checkpoint, task):
     if task == "zero-shot":
         args += ["--templates", str(tpl)]
     assert main(args + ["--out", str(tmp_path / f"{task}-one.json")]) == 0
-    proc = torchrun(["-m", "vtp.eval", *args, "--out", tmp_path / f"{task}-two.json",
+    proc = torchrun(["-m", "vtp_tools.eval", *args, "--out", tmp_path / f"{task}-two.json",
                      "--compare-to", tmp_path / f"{task}-one.json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (json.loads((tmp_path / f"{task}-{n}.json").read_text()) for n in ("one", "two"))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from eval_helpers import make_image_folder
 
-from vtp.eval.cli import main
-from vtp.eval.linear_probe import head_name, linear_input
+from vtp_tools.eval.cli import main
+from vtp_tools.eval.linear_probe import head_name, linear_input
 
 
 def test_linear_input_layout():

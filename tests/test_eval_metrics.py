@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vtp.eval.metrics import FIDInception, LPIPS, MetricWeightsMissing, frechet_distance, psnr, ssim
-from vtp.eval.metrics.weightfiles import INCEPTION, WeightFile, locate
+from vtp_tools.eval.metrics import FIDInception, LPIPS, MetricWeightsMissing, frechet_distance, psnr, ssim
+from vtp_tools.eval.metrics.weightfiles import INCEPTION, WeightFile, locate
 
 
 def test_psnr_of_a_constant_offset():

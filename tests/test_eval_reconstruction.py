@@ -9,11 +9,11 @@ import pytest
 import torch
 from eval_helpers import make_image_folder
 
-from vtp.eval import reconstruction
-from vtp.eval.cli import main
-from vtp.eval.context import open_run
-from vtp.eval.data import ImageFolderDataset
-from vtp.eval.metrics import LPIPS, frechet_distance, psnr, ssim
+from vtp_tools.eval import reconstruction
+from vtp_tools.eval.cli import main
+from vtp_tools.eval.context import open_run
+from vtp_tools.eval.data import ImageFolderDataset
+from vtp_tools.eval.metrics import LPIPS, frechet_distance, psnr, ssim
 from vtp.image import denormalize
 
 

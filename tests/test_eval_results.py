@@ -7,8 +7,8 @@ import json
 import pytest
 from eval_helpers import make_image_folder
 
-from vtp.eval import results
-from vtp.eval.cli import main
+from vtp_tools.eval import results
+from vtp_tools.eval.cli import main
 
 
 def _result(metrics, sha="abc", kind="checkpoint", n=50000, task="zero-shot"):

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from eval_helpers import make_image_folder
 from PIL import Image
 
-from vtp.eval import zero_shot
-from vtp.eval.cli import main
-from vtp.eval.context import open_run
+from vtp_tools.eval import zero_shot
+from vtp_tools.eval.cli import main
+from vtp_tools.eval.context import open_run
 
 TEMPLATES = ["a photo of a {}.", "itap of the {}.", "a blurry photo of my {}."]
 

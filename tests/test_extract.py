@@ -1,4 +1,4 @@
-"""vtp.extract: the original's shard layout and latent statistics; a run killed mid-way resumes to byte-identical
+"""vtp_tools.extract: the original's shard layout and latent statistics; a run killed mid-way resumes to byte-identical
 shards without recomputing finished ones; two processes write the same shards as one."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from eval_helpers import make_image_folder
 from safetensors import safe_open
 from test_distributed import ROOT, _torchrun_env, torchrun
 
-from vtp.extract import compute_stats, main, shard_name
+from vtp_tools.extract import compute_stats, main, shard_name
 
 ARGS = ["--device", "cpu", "--fusion", "none", "--workers", "0", "--image-size", "32", "--shard-size", "4",
         "--batch-size", "3"]
@@ -32,7 +32,7 @@ def test_layout_and_stats(tmp_path, tiny_checkpoint, tiny_model):
         assert f.metadata() == {"total_size": "1", "dtype": "torch.float32", "device": "cpu"}
         lat, flip, labels, idx = (f.get_tensor(k) for k in ("latents", "latents_flip", "labels", "indices"))
     assert lat.shape == flip.shape == (1, 8, 2, 2) and labels.tolist() == [2] and idx.tolist() == [8]
-    from vtp.eval.data import ImageFolderDataset
+    from vtp_tools.eval.data import ImageFolderDataset
 
     x = ImageFolderDataset(root, "center_crop", size=32)[8][0][None]
     with torch.no_grad():
@@ -61,7 +61,7 @@ def test_killed_run_resumes_byte_identical_and_two_processes_agree(tmp_path, tin
 
     killed = tmp_path / "killed"
     env = {**_torchrun_env(), "VTP_EXTRACT_KILL_AFTER": "1"}
-    proc = subprocess.run([sys.executable, "-m", "vtp.extract", *common, "--out", str(killed)], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "vtp_tools.extract", *common, "--out", str(killed)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL after the first shard
     assert sorted(_files(killed)) == [shard_name(0)]
@@ -70,7 +70,7 @@ def test_killed_run_resumes_byte_identical_and_two_processes_agree(tmp_path, tin
     assert os.stat(killed / shard_name(0)).st_mtime_ns == first  # a finished shard is never recomputed
     assert _files(killed) == _files(tmp_path / "clean")
 
-    proc = torchrun(["-m", "vtp.extract", *common, "--out", tmp_path / "two"])
+    proc = torchrun(["-m", "vtp_tools.extract", *common, "--out", tmp_path / "two"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _files(tmp_path / "two") == _files(tmp_path / "clean")
 

@@ -1,4 +1,4 @@
-"""``python -m vtp.extract``: VTP latents of an ImageFolder dataset for LightningDiT training, sharded and resumable.
+"""``python -m vtp_tools.extract``: VTP latents of an ImageFolder dataset for LightningDiT training, sharded and resumable.
 
 The original ``generation/tools/extract_features_vtp.py`` semantics:
 
@@ -29,7 +29,7 @@ import os
 import sys
 from pathlib import Path
 
-logger = logging.getLogger("vtp.extract")
+logger = logging.getLogger("vtp_tools.extract")
 
 MANIFEST = "extract_manifest.json"
 STATS = "latents_stats.pt"
@@ -160,8 +160,8 @@ def extract(args) -> int:
     from torch.utils.data import DataLoader
 
     from ascend.distributed import all_gather_objects, barrier, shutdown
-    from vtp.eval.context import Progress, open_run
-    from vtp.eval.data import ImageFolderDataset, default_workers
+    from vtp_tools.eval.context import Progress, open_run
+    from vtp_tools.eval.data import ImageFolderDataset, default_workers
     from vtp.io_utils import atomic_path, atomic_write_json
 
     if args.batch_size < 1 or args.shard_size < 1:
@@ -243,9 +243,9 @@ def extract(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vtp.extract", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m vtp_tools.extract", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
-                                    "example:\n  torchrun --nproc_per_node 8 -m vtp.extract --data /data/imagenet/train "
+                                    "example:\n  torchrun --nproc_per_node 8 -m vtp_tools.extract --data /data/imagenet/train "
                                     "--out latents/vtp-s --weights weights/VTP-Small-f16d64 --precision bf16\n"
                                     "  (rerun the same command after an interruption: finished shards are kept)"))
     p.add_argument("--data", required=True, help="ImageFolder root")
@@ -265,11 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from ascend.npu import prepare_environment
+
+    prepare_environment()  # before torch is imported: a torch_npu install without CANN must not break import torch
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ascend.device import DeviceError
     from ascend.runtime import WeightsMissing
-    from vtp.eval.data import DatasetError
+    from vtp_tools.eval.data import DatasetError
 
     try:
         return extract(args)
@@ -279,7 +282,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ascend.npu import prepare_environment
-
-    prepare_environment()
     raise SystemExit(main())

@@ -1,7 +1,7 @@
-"""The original VTP evaluations on any device: zero-shot, linear probing, reconstruction (``python -m vtp.eval``).
+"""The original VTP evaluations on any device: zero-shot, linear probing, reconstruction (``python -m vtp_tools.eval``).
 
-Modules: :mod:`~vtp.eval.data` (ImageFolder without torchvision, dataset identity, sharding),
-:mod:`~vtp.eval.zero_shot`, :mod:`~vtp.eval.linear_probe`, :mod:`~vtp.eval.reconstruction`,
-:mod:`~vtp.eval.metrics` (PSNR, SSIM, LPIPS, FID), :mod:`~vtp.eval.results` (schema, gates, compare),
-:mod:`~vtp.eval.context` (device, model, progress, gathering), :mod:`~vtp.eval.cli`.
+Modules: :mod:`~vtp_tools.eval.data` (ImageFolder without torchvision, dataset identity, sharding),
+:mod:`~vtp_tools.eval.zero_shot`, :mod:`~vtp_tools.eval.linear_probe`, :mod:`~vtp_tools.eval.reconstruction`,
+:mod:`~vtp_tools.eval.metrics` (PSNR, SSIM, LPIPS, FID), :mod:`~vtp_tools.eval.results` (schema, gates, compare),
+:mod:`~vtp_tools.eval.context` (device, model, progress, gathering), :mod:`~vtp_tools.eval.cli`.
 """

@@ -1,9 +1,6 @@
-"""``python -m vtp.eval``: see :mod:`vtp.eval.cli`."""
+"""``python -m vtp_tools.eval``: see :mod:`vtp_tools.eval.cli`."""
 
-from ascend.npu import prepare_environment
+from vtp_tools.eval.cli import main
 
-prepare_environment()  # before torch is imported: a torch_npu install without CANN must not break import torch
-
-from vtp.eval.cli import main  # noqa: E402
-
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""``python -m vtp.eval.bench``: is data loading a bottleneck, and what does EOT truncation of the text tower buy?
+"""``python -m vtp_tools.eval.bench``: is data loading a bottleneck, and what does EOT truncation of the text tower buy?
 
 encode: images/s of the dataset encoding path (ImageFolder -> DataLoader workers -> center crop ->
 ``get_reconstruction_latents``) against the model forward alone on ready tensors, per batch size.
@@ -32,7 +32,7 @@ def make_jpeg_folder(root: Path, n: int, classes: int = 4, size=(500, 375), seed
 
 
 def bench_encode(model, root: Path, batch: int, workers: int, n: int) -> dict:
-    from vtp.eval.data import ImageFolderDataset, ShardSampler, make_loader
+    from vtp_tools.eval.data import ImageFolderDataset, ShardSampler, make_loader
 
     ds = ImageFolderDataset(root, "center_crop", size=model.config.image_size)
     ready = torch.stack([ds[i][0] for i in range(batch)])
@@ -54,8 +54,8 @@ def bench_encode(model, root: Path, batch: int, workers: int, n: int) -> dict:
 
 
 def bench_text(model, classes: int, batch_classes: int) -> dict:
-    from vtp.eval.classnames import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
-    from vtp.eval.zero_shot import text_features
+    from vtp_tools.eval.classnames import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+    from vtp_tools.eval.zero_shot import text_features
     from vtp.model import _tokenizer
 
     tok = _tokenizer(model.config.text_context_length)
@@ -76,7 +76,7 @@ def bench_text(model, classes: int, batch_classes: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vtp.eval.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vtp_tools.eval.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=None, help="checkpoint folder (default: synthetic VTP-Small-f16d64)")
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--batches", default="1,8,32")
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-encode", action="store_true")
     args = p.parse_args(argv)
     from ascend.runtime import load_weights
-    from vtp.eval.data import default_workers
+    from vtp_tools.eval.data import default_workers
 
     model, _ = load_weights(args.weights)
     model.eval()

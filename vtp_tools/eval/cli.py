@@ -1,4 +1,4 @@
-"""``python -m vtp.eval zero-shot|linear-probe|reconstruction``: the original VTP evaluations, any device.
+"""``python -m vtp_tools.eval zero-shot|linear-probe|reconstruction``: the original VTP evaluations, any device.
 
 Exit codes: 0 done (and the comparison passed), 1 the comparison failed, 2 usage, data, weights or
 device error (nothing written).
@@ -12,14 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-logger = logging.getLogger("vtp.eval")
+logger = logging.getLogger("vtp_tools.eval")
 
 EXAMPLES = """examples:
-  python -m vtp.eval zero-shot --data /data/imagenet/val --weights weights/VTP-Small-f16d64 --device npu:0 \\
+  python -m vtp_tools.eval zero-shot --data /data/imagenet/val --weights weights/VTP-Small-f16d64 --device npu:0 \\
       --precision bf16 --compare-to published:VTP-Small-f16d64
-  torchrun --nproc_per_node 8 -m vtp.eval reconstruction --data /data/imagenet/val --batch-size 64 \\
+  torchrun --nproc_per_node 8 -m vtp_tools.eval reconstruction --data /data/imagenet/val --batch-size 64 \\
       --compare-to eval_out/reconstruction-gpu.json
-  python -m vtp.eval linear-probe --data /data/imagenet --epochs 10 --epoch-length 1250
+  python -m vtp_tools.eval linear-probe --data /data/imagenet --epochs 10 --epoch-length 1250
 """
 
 
@@ -28,7 +28,7 @@ class UsageError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vtp.eval", description=__doc__, epilog=EXAMPLES,
+    parser = argparse.ArgumentParser(prog="python -m vtp_tools.eval", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="task", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -200,6 +200,9 @@ def _broadcast_code(ctx, code: int) -> int:
 
 
 def main(argv=None, model=None, identity=None) -> int:
+    from ascend.npu import prepare_environment
+
+    prepare_environment()  # before torch is imported: a torch_npu install without CANN must not break import torch
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

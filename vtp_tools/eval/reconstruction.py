@@ -5,7 +5,7 @@ de-normalised and clamped to [0, 1]. Then
 
 * PSNR: ``20 log10(255 / sqrt(MSE))`` on the x255 values, per image (``vtp.image.psnr``);
 * SSIM: Gaussian 11 x 11, sigma 1.5, data range 1 (torchmetrics' default, ``vtp.image.ssim``), per image;
-* LPIPS: VGG16 v0.1 on ``2x - 1`` (:mod:`vtp.eval.metrics.lpips`), per image;
+* LPIPS: VGG16 v0.1 on ``2x - 1`` (:mod:`vtp_tools.eval.metrics.lpips`), per image;
 * rFID: Inception pool3 features of the 8-bit images the original saves as PNG (``uint8(255 x)``,
   truncated) for the reference set and the reconstructions, Frechet distance of the two Gaussians.
 
