@@ -16,7 +16,8 @@ Three tasks run on the candidate model (the checkpoint with the fusion rules app
 ``--tasks`` runs a subset. Each task is timed once, device synchronised, first call included;
 ``verify/accuracy_eval.py`` measures steady-state latency.
 
-Every line goes to the terminal (stderr) and is appended to the log file (``--log``, default ./log.txt).
+Every line goes to the terminal (stderr) and is appended to the log file (``--log``, default ./log.txt);
+a run refused for a usage or environment error creates neither the log file nor the output folder.
 Exit status: 0 the three tasks ran and every output is finite; 1 a task failed or produced NaN/Inf;
 2 usage or environment error (unreadable image, missing weights folder, unusable device or precision,
 an output folder or log file that cannot be written), found before the model is loaded where it can be.
@@ -28,6 +29,7 @@ import argparse
 import datetime
 import importlib.util
 import logging
+import logging.handlers
 import shlex
 import sys
 import time
@@ -125,31 +127,61 @@ def parse_tasks(text: str) -> tuple:
     return tuple(t for t in TASKS if t in names)
 
 
-def check_writable_folder(folder: Path, option: str = "--out") -> None:
-    """Create ``folder`` if needed and prove it writable by creating and deleting a file in it; UsageError
-    naming the folder and what to do otherwise (root ignores permission bits, so the probe is a real write)."""
+def write_problem(path: Path) -> "str | None":
+    """None when files can be written at ``path`` (a folder, made if missing); else the reason. Nothing is
+    created: a missing folder is probed through its nearest existing parent (a real write, removed again)."""
     from vtp.io_utils import folder_write_problem
 
-    reason = folder_write_problem(folder)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    return folder_write_problem(existing)
+
+
+def check_writable_folder(folder: Path, option: str = "--out") -> None:
+    """Prove that ``folder`` can be created and written, without creating it (a run that stops on a bad
+    input leaves nothing behind); UsageError naming the folder and what to do otherwise."""
+    reason = write_problem(folder)
     if reason is not None:
         raise UsageError(f"{option} {folder}: the output folder cannot be written ({reason}); pick a "
                          f"writable folder with {option} DIR, or make this one writable")
 
 
 def setup_logging(log_path: Path, verbose: bool) -> None:
-    """Terminal (stderr) and log file, one format; the file is appended to."""
+    """Terminal (stderr) now; the log file (appended to) only once the run gets past its checks
+    (:func:`open_log_file`), so a run refused for a bad input creates no log file. Until then the
+    records wait in memory. The log's location is checked here."""
+    reason = "it is a folder" if log_path.is_dir() else write_problem(log_path.parent)
+    if reason is not None:
+        raise UsageError(f"--log {log_path}: cannot open the log file for appending ({reason}); "
+                         "pick a writable location with --log PATH")
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    pending = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1)
+    root = logging.getLogger()
+    root.handlers[:] = [terminal, pending]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def open_log_file(log_path: Path) -> None:
+    """Write the records so far to the log file and every later one as it comes."""
+    root = logging.getLogger()
+    pending = next((h for h in root.handlers if isinstance(h, logging.handlers.MemoryHandler)), None)
+    if pending is None:
+        return
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(log_path, mode="a", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--log {log_path}: cannot open the log file for appending ({exc.strerror or exc}); "
                          "pick a writable location with --log PATH") from None
-    terminal = logging.StreamHandler(sys.stderr)
-    for handler in (terminal, file_handler):
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [terminal, file_handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    file_handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    pending.setTarget(file_handler)
+    pending.flush()
+    root.handlers[root.handlers.index(pending)] = file_handler
+    pending.close()
 
 
 # ------------------------------------------------------------------------------------------ tasks
@@ -358,14 +390,22 @@ def run_tasks(args, ready: dict) -> dict:
     else:
         results["ssl"] = run_ssl(model, image, device, context)
 
-    if ready["identity"]["kind"] == "synthetic":
-        logger.warning("NOTICE: the weights were SYNTHETIC: the image, probabilities and features above are not "
-                       "meaningful; pass --weights DIR for real outputs")
     model_ms = sum(v for task in results.values() for k, v in task.items() if k.endswith("ms"))
-    logger.info("done: %d task(s) on %s, %.1f ms of model time", len(results), device, model_ms)
+    weights = " with synthetic weights (see the NOTICE above)" if ready["identity"]["kind"] == "synthetic" else ""
+    logger.info("done: %d task(s) on %s%s, %.1f ms of model time", len(results), device, weights, model_ms)
     if "reconstruction" in results:
         logger.info("reconstruction written to %s", results["reconstruction"]["path"])
     return results
+
+
+def _with_log_file(log_path: Path, code: int) -> int:
+    """Open the log file (the run got past its checks); ``code``, or EXIT_ENV when it cannot be opened."""
+    try:
+        open_log_file(log_path)
+    except UsageError as exc:
+        logger.error("error: %s", exc)
+        return EXIT_ENV
+    return code
 
 
 def main(argv=None) -> int:
@@ -394,11 +434,13 @@ def main(argv=None) -> int:
     try:
         ready = prepare(args)
     except environment_errors as exc:
-        logger.error("error: %s", exc)
+        logger.error("error: %s", exc)  # the terminal only: a refused run leaves no log file or folder
         return EXIT_ENV
     except Exception:
         logger.exception("FAILED: preparing the model crashed")
-        return EXIT_FAILED
+        return _with_log_file(args.log, EXIT_FAILED)
+    if _with_log_file(args.log, EXIT_OK) != EXIT_OK:
+        return EXIT_ENV
     try:
         run_tasks(args, ready)
     except TaskFailed as exc:

@@ -155,7 +155,13 @@ def load_weights(weights: "str | os.PathLike | None" = None, *, require: bool = 
             raise WeightsMissing(f"no checkpoint at {folder} and --require-weights is set; download it with "
                                  f"`python -m vtp.weights download {preset}` or pass --weights DIR")
         logger.warning(SYNTHETIC_NOTICE.format(path=folder, preset=preset))
-        model = VTPModel.synthetic(preset, seed=seed)
+        model_logger = logging.getLogger("vtp.model")
+        quiet = model_logger.disabled
+        model_logger.disabled = True  # its own "using SYNTHETIC" warning would repeat the NOTICE just given
+        try:
+            model = VTPModel.synthetic(preset, seed=seed)
+        finally:
+            model_logger.disabled = quiet
         return model, {"kind": "synthetic", "synthetic": True, "source": model.weights_source, "preset": preset}
     if require and folder.is_dir():
         try:

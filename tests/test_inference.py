@@ -85,7 +85,8 @@ def test_bad_input_exits_2_with_a_message_that_names_it(tmp_path, tiny_checkpoin
     for word in words:
         assert word in done.stderr
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "out" / "reconstructed.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.png"]
+    # a run refused for its input creates neither the output folder nor the log file
 
 
 def test_bad_option_exits_2_before_any_work(tmp_path):
@@ -106,6 +107,7 @@ def test_without_weights_it_runs_synthetic_small_with_a_notice(tmp_path):
     assert done.returncode == 0, done.stderr
     log = (tmp_path / "log.txt").read_text()  # the default log file, in the working directory
     assert "NOTICE: no checkpoint found at weights/VTP-Small-f16d64; using SYNTHETIC random weights" in log
+    assert done.stderr.count("SYNTHETIC") == 1 and log.count("SYNTHETIC") == 1  # said once, not per step
     assert "generated sample image" in log
     assert "patch tokens: shape (1, 256, " in log
     assert "task 1/3: reconstruction: skipped (--tasks)" in log
