@@ -1,4 +1,4 @@
-"""The collective check (verify.collectives): exact values, who contributed a wrong one, bus bandwidth.
+"""The collective check (verify.server.collectives): exact values, who contributed a wrong one, bus bandwidth.
 
 The analysis is tested on hand-made per-rank results; one end-to-end run (torchrun, gloo, two CPU
 ranks, ``--collectives-only``) shows that a rank contributing a wrong value fails the check and is named.
@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from conftest import REPO
-from verify import collectives
-from verify.collectives import (allgather_contribution, allreduce_contribution, allreduce_expected, analyse,
-                                bandwidth, count_wrong, format_table)
+from verify.server import collectives
+from verify.report.server_table import format_table
+from verify.server.collectives import (allgather_contribution, allreduce_contribution, allreduce_expected, analyse,
+                                       bandwidth, count_wrong)
 
 
 @pytest.mark.parametrize("n", [2, 3, 8])

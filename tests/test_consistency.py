@@ -1,10 +1,11 @@
-"""Cross-card consistency (verify.consistency): bit-identical outputs, the outlier named, ties, missing ranks."""
+"""Cross-card consistency (verify.server.consistency): bit-identical outputs, the outlier named, ties, missing ranks."""
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from verify.consistency import compare, digest_file, format_lines
+from verify.report.server_table import format_lines
+from verify.server.consistency import compare, digest_file
 
 
 def write_outputs(folder, rank, perturb=0.0, dtype=torch.float32):

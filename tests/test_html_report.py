@@ -1,4 +1,4 @@
-"""verify.html_report: one self-contained page with every section; its images decode; no matplotlib degrades."""
+"""verify.report.html: one self-contained page with every section; its images decode; no matplotlib degrades."""
 
 import base64
 import io
@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from verify import html_report
-from verify.html_report import write_html_report
+from verify.report import html as html_report
+from verify.report.html import write_html_report
 
 SECTIONS = ("verdict", "cases", "reconstruction", "divergence", "timing", "environment", "weights", "fusion")
 

@@ -497,3 +497,14 @@ def test_text_truncation_is_exact_where_allowed_and_ignored_elsewhere(make_tiny)
     first = make_tiny(text_pool_type="first")  # pooled at position 0: truncation must not apply
     assert not first.can_truncate_text
     assert torch.equal(first.get_clip_text_feature(tokens, truncate=True), first.get_clip_text_feature(tokens))
+
+
+def test_import_vtp_does_not_import_matplotlib():
+    """matplotlib is a core dependency for the report's plots only: the model stays light to import."""
+    import subprocess
+    import sys
+
+    code = "import sys, vtp, vtp.image, vtp.tokenizers; print(sorted(m for m in sys.modules if m.startswith('matplotlib')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

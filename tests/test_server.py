@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from verify import report, server, server_launch
-from verify.server_summary import build_summary, rank_row
+from verify.report import summary as report
+from verify.server import cli as server, common as server_common, launch as server_launch
+from verify.server.summary import build_summary, rank_row
 
 ACCURACY = ["--device", "cpu", "--quick", "--no-timing"]
 
@@ -131,7 +132,7 @@ def test_hung_rank_is_stopped_at_the_timeout_and_named(tmp_path):
     start = time.monotonic()
     done, summary = run_server(out, 2, "--timeout", "12", "--collectives-only", "--quiet",
                                env={"VTP_SELFTEST_HANG_RANK": "1"}, timeout=120)
-    assert time.monotonic() - start < 12 + server.GRACE_S + 20
+    assert time.monotonic() - start < 12 + server_common.GRACE_S + 20
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
     rows = summary["ranks"]
     assert rows[1]["verdict"] == "TIMEOUT" and "--timeout 12 s" in rows[1]["error"]
@@ -183,12 +184,12 @@ def test_help_shows_a_real_example():
 
 
 def test_nproc_all_on_a_cpu_is_one_process():
-    assert server.resolve_nproc("all", "cpu") == ("cpu", 1)
-    assert server.resolve_nproc("3", "cpu") == ("cpu", 3)
+    assert server_common.resolve_nproc("all", "cpu") == ("cpu", 1)
+    assert server_common.resolve_nproc("3", "cpu") == ("cpu", 3)
 
 
 def test_passthrough_keeps_the_fault_apart_and_drops_out():
-    device, fault, rest = server.split_passthrough(["--quick", "--device=npu", "--out", "x",
+    device, fault, rest = server_common.split_passthrough(["--quick", "--device=npu", "--out", "x",
                                                     "--inject-fault", "trunk.blocks.0=2", "--precision", "bf16"])
     assert (device, fault, rest) == ("npu", "trunk.blocks.0=2", ["--quick", "--precision", "bf16"])
 

@@ -239,7 +239,7 @@ def evaluate(args, opts: dict) -> tuple:
         "verdict": result["verdict"],
         "overall": result,
     }
-    from verify.table import summary_lines
+    from verify.report.table import summary_lines
 
     extras = {"divergence": divergence, "fusion": _fusion_dict(fusion_report)}
     return summary, summary_lines(summary), runs, extras
@@ -261,8 +261,8 @@ def _fusion_summary(report) -> dict:
 def write_outputs(out: Path, summary: dict, lines: list, runs=(), extras=None, save_outputs: bool = False) -> None:
     """accuracy_summary.json, log.txt, report.html, and divergence.json / candidate outputs when there are."""
     from verify.artifacts import recon_images, save_candidate_outputs
-    from verify.html_report import write_html_report
-    from verify.locate import write_divergence
+    from verify.report.html import write_html_report
+    from verify.divergence import write_divergence
     from vtp.io_utils import atomic_append_text, atomic_write_json
 
     extras = extras or {}

@@ -5,7 +5,7 @@
 - a golden set (``--save-golden DIR``, verify.golden): the inputs and the reference's answers of every case,
   keys ``"<case id>@<call>/images|text"`` and ``"<case id>@<call>/<tensor>"``; ``--reference DIR`` reads
   one back instead of recomputing the CPU reference;
-- ``divergence.json`` (verify.locate) on a FAIL or with ``--locate``, and ``report.html`` (verify.html_report).
+- ``divergence.json`` (verify.locate) on a FAIL or with ``--locate``, and ``report.html`` (verify.report.html).
 """
 
 from __future__ import annotations

@@ -18,78 +18,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from verify.report import _num, read_summary
+from verify.report.fmt import _ms, _num
+from verify.report.summary import ENV_KEYS, _d, environment_of, read_summary, tensor_rows, timing_rows, verdict_of
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 EXIT_SAME, EXIT_REGRESSION, EXIT_ENV = 0, 1, 2
-ENV_KEYS = ("torch", "torch_npu", "cann", "driver", "device", "device_name", "soc_version", "soc_family", "python",
-            "platform", "cpu_model", "torch_threads")
-METRICS = (("relative_error_mean", "rel_err"), ("cosine_similarity", "cosine"), ("relative_l2_error", "rel_l2"))
-
-
-def load_summary(path: Path) -> dict:
-    """The summary at ``path`` (a file or a run folder); only its schema is checked, every other field may be
-    missing. ValueError naming the file."""
-    return read_summary(Path(path))
-
-
-def _d(x) -> dict:
-    return x if isinstance(x, dict) else {}
-
-
-def _inner_metrics(judged: dict) -> dict:
-    """The metric values of a judged tensor: the vtp-compare/1 record's "metrics", or a flat dict."""
-    m = _d(judged.get("metrics"))
-    return _d(m.get("metrics")) if "metrics" in m else m
-
-
-def tensor_rows(summary: dict) -> list:
-    """[{"case", "task", "tensor", "verdict", "rel_err", "cosine", "rel_l2", "max_abs", "gates"}] of a summary
-    of schema /1 or /2 (gates: the /2 gate dicts, [] for /1)."""
-    rows = []
-    for case in summary.get("cases") or []:  # schema /2
-        case = _d(case)
-        for t in case.get("tensors") or []:
-            rows.append(_row(case.get("id", "-"), case.get("task", "-"), _d(t)))
-    if not rows:
-        for task, verdict in _d(summary.get("tasks")).items():  # schema /1
-            for t in _d(verdict).get("tensors") or []:
-                rows.append(_row(task, task, _d(t)))
-    return rows
-
-
-def _row(case, task, judged: dict) -> dict:
-    m = _inner_metrics(judged)
-    worst = m.get("max_abs_error")
-    row = {"case": case, "task": task, "tensor": judged.get("name", "-"), "verdict": judged.get("verdict", "-"),
-           "max_abs": _d(worst).get("value") if isinstance(worst, dict) else worst,
-           "gates": [g for g in judged.get("gates") or [] if isinstance(g, dict)],
-           "reasons": judged.get("reasons") or []}
-    for key, short in METRICS:
-        row[short] = m.get(key)
-    return row
-
-
-def timing_rows(summary: dict) -> dict:
-    """{name: {"first_call_ms", "median_ms", "p90_ms", "min_ms"}} from summary["timings"]["tasks"]."""
-    return {k: _d(v) for k, v in _d(_d(summary.get("timings")).get("tasks")).items()}
-
-
-def verdict_of(summary: dict) -> str:
-    return str(_d(summary.get("overall")).get("verdict") or summary.get("verdict") or "-")
-
-
-def environment_of(summary: dict) -> dict:
-    env = _d(summary.get("environment"))
-    return {k: env.get(k) for k in ENV_KEYS}
-
-
-def _ms(v) -> str:
-    return f"{v:.1f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
-
-
 def compare_summaries(a: dict, b: dict) -> dict:
     """The comparison as data: {"verdicts", "rows", "timings", "environment", "regressions"}."""
     rows_a = {(r["case"], r["tensor"]): r for r in tensor_rows(a)}
@@ -102,7 +37,7 @@ def compare_summaries(a: dict, b: dict) -> dict:
         if ra and ra["verdict"] == "PASS" and ((rb is None and same_schema) or (rb and rb["verdict"] != "PASS")):
             regressions.append(f"{key[0]} {key[1]}: {'missing in B' if rb is None else 'PASS -> ' + str(rb['verdict'])}"
                                + (f" ({rb['reasons'][0]})" if rb and rb["reasons"] else ""))
-    va, vb = verdict_of(a), verdict_of(b)
+    va, vb = verdict_of(a, "-"), verdict_of(b, "-")
     if va == "PASS" and vb != "PASS":
         regressions.insert(0, f"overall verdict PASS -> {vb}")
     if not same_schema:
@@ -164,7 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="also write the comparison as JSON here")
     args = p.parse_args(argv)
     try:
-        a, b = load_summary(args.run_a), load_summary(args.run_b)
+        a, b = read_summary(Path(args.run_a)), read_summary(Path(args.run_b))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ENV

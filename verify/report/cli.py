@@ -19,127 +19,24 @@ lacks a required field.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 
-SUMMARY_NAME = "accuracy_summary.json"
-SCHEMA_PREFIX = "vtp-accuracy-summary/"
+from verify.report.fmt import _ms, _num, weights_line
+from verify.report.summary import SUMMARY_NAME, SummaryError, _metrics, load_summary, verdict_of
+
 EXIT_PASS, EXIT_FAIL, EXIT_ENV = 0, 1, 2
-VERDICTS = ("PASS", "FAIL")
-
-
-class SummaryError(ValueError):
-    """The summary file is missing, not JSON, or not an accuracy summary."""
-
-
-def read_summary(path: Path) -> dict:
-    """The summary at ``path`` (a file, or a run folder holding accuracy_summary.json), checked for its schema
-    only (vtp-accuracy-summary/N). SummaryError naming the file."""
-    file = path / SUMMARY_NAME if path.is_dir() else path
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SummaryError(f"{file}: no accuracy summary here (did verify/accuracy_eval.py run?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SummaryError(f"{file}: not a readable JSON file ({exc})") from None
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
-        raise SummaryError(f"{file}: schema {schema!r}, expected {SCHEMA_PREFIX}N: not an accuracy summary")
-    return data
-
-
-def load_summary(path: Path) -> dict:
-    """`read_summary`, and the fields the report needs must be there (SummaryError otherwise)."""
-    data = read_summary(path)
-    file = path / SUMMARY_NAME if path.is_dir() else path
-    problems = missing_fields(data)
-    if problems:
-        raise SummaryError(f"{file}: not a complete accuracy summary ({data['schema']}): {'; '.join(problems)}. "
-                           "It was written by an interrupted or older run, or by hand; run verify/accuracy_eval.py "
-                           "(or bash run_verify.sh) again to get a complete one")
-    return data
-
-
-def missing_fields(summary: dict) -> list:
-    """What a summary lacks of the fields every schema version has, one phrase each ([] when complete)."""
-    missing, wrong = [], []
-    verdict = summary.get("verdict")
-    if verdict is None:
-        missing.append("verdict")
-    elif verdict not in VERDICTS:
-        wrong.append(f"'verdict' is {verdict!r}, expected one of {', '.join(VERDICTS)}")
-    for name in ("candidate", "weights"):
-        if summary.get(name) is None:
-            missing.append(name)
-        elif not isinstance(summary[name], dict):
-            wrong.append(f"{name!r} is not an object")
-    weights = summary.get("weights")
-    if isinstance(weights, dict) and not weights.get("kind"):
-        missing.append("weights.kind")
-    head = [f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"] if missing else []
-    return head + wrong
-
-
-def _num(value) -> str:
-    """A metric for the table: ``-`` when absent, the JSON strings "nan"/"inf" as they are."""
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if value == 0 or not math.isfinite(value):
-        return f"{value:g}"
-    if abs(value) < 1e-3 or abs(value) >= 1e4:
-        return f"{value:.3g}"
-    return f"{value:.7f}".rstrip("0").rstrip(".")  # a cosine of 0.9999981 keeps its 9s
-
-
-def _ms(value) -> str:
-    return f"{value:.1f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
-
-
-def _metrics(judged: dict) -> dict:
-    """The vtp-compare/1 metrics of one judged tensor (accuracy_eval stores the record under "metrics")."""
-    record = judged.get("metrics") if isinstance(judged.get("metrics"), dict) else {}
-    inner = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
-    return inner
-
-
-def verdict_of(summary: dict) -> str:
-    overall = summary.get("overall") if isinstance(summary.get("overall"), dict) else {}
-    return str(overall.get("verdict") or summary.get("verdict") or "UNKNOWN")
-
-
-def weights_line(weights: dict) -> str:
-    """One line on the weights, from what the summary records and nothing else."""
-    kind = weights.get("kind")
-    files = ""
-    if weights.get("path"):
-        sha = f"sha256 {str(weights['sha256'])[:16]}..., " if weights.get("sha256") else ""
-        files = f"{weights['path']} ({sha}{'manifest-verified' if weights.get('manifest') else 'no manifest'})"
-    if kind == "checkpoint":
-        return f"weights: {files or 'checkpoint (path not recorded)'}"
-    if kind == "synthetic" or weights.get("synthetic"):
-        made = weights.get("source") or weights.get("preset")
-        where = "; ".join(x for x in (made, f"saved in {files}" if files else "") if x)
-        return (f"weights: SYNTHETIC{f' ({where})' if where else ''}: the numbers measure the computation, not "
-                "the published model")
-    return "weights: not recorded" if not kind else f"weights: {kind} {files}".rstrip()
-
 
 def report_lines(summary: dict, source: str = "") -> list:
     """The verdict table; keys it does not know are ignored, missing optional ones print as '-'.
-    Schema 2 (cases and checks) is printed grouped by case by verify.table."""
+    Schema 2 (cases and checks) is printed grouped by case by verify.report.table."""
     if isinstance(summary.get("server"), dict):
-        from verify.server_summary import server_report_lines
+        from verify.report.server_table import server_report_lines
 
         return [f"VTP whole-server report{f' ({source})' if source else ''}, created {summary.get('created', '-')}"] \
             + server_report_lines(summary)
     if isinstance(summary.get("cases"), list):
-        from verify.table import summary_lines
+        from verify.report.table import summary_lines
 
         return summary_lines(summary, source)
     candidate = summary.get("candidate") if isinstance(summary.get("candidate"), dict) else {}

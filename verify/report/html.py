@@ -1,6 +1,6 @@
 """report.html: one self-contained page a person reads at a glance (no network, no external CSS/JS).
 
-    from verify.html_report import write_html_report
+    from verify.report.html import write_html_report
     write_html_report(out / "report.html", summary, divergence=div, recon_images=images, fusion=fusion_dict)
 
 Sections, in order (each an element with the id shown): the verdict (``verdict``); per case and tensor
@@ -21,7 +21,8 @@ import io
 import math
 from pathlib import Path
 
-from verify.compare import _d, _num, environment_of, tensor_rows, timing_rows, verdict_of
+from verify.report.fmt import _ms, _num
+from verify.report.summary import _d, environment_of, tensor_rows, timing_rows, verdict_of
 from verify.divergence import _marked, error_vs_depth_png
 from verify.plots import figure_png, matplotlib_pyplot
 
@@ -117,7 +118,7 @@ def timing_png(summary: dict):
 
 # --------------------------------------------------------------------------------------------- sections
 def _verdict_section(summary: dict) -> str:
-    v = verdict_of(summary)
+    v = verdict_of(summary, "-")
     cand = _d(summary.get("candidate"))
     reasons = (_d(summary.get("overall")).get("reasons") or [])[:20]
     out = ['<section id="verdict"><h1>VTP verification report</h1>',
@@ -215,7 +216,6 @@ def _divergence_section(divergence, plots_ok: bool) -> str:
 def _timing_section(summary: dict, plots_ok: bool) -> str:
     rows = timing_rows(summary)
     png = timing_png(summary) if plots_ok else None
-    from verify.compare import _ms
 
     table = "".join(f"<tr><td>{_e(n)}</td>" + "".join(f"<td class=num>{_e(_ms(t.get(k)))}</td>" for k in
                     ("first_call_ms", "median_ms", "p90_ms", "min_ms")) + "</tr>" for n, t in rows.items())
@@ -256,7 +256,7 @@ def render_html(summary: dict, *, divergence=None, recon_images=None, fusion=Non
              f'<section id="weights"><h2>Weights</h2>{_kv_table(weights.items())}</section>',
              _fusion_section(summary, fusion)]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>VTP verification: "
-            f"{_e(verdict_of(summary))}</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+            f"{_e(verdict_of(summary, '-'))}</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
 def write_html_report(path, summary: dict, *, divergence=None, recon_images=None, fusion=None) -> Path:

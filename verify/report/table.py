@@ -1,4 +1,4 @@
-"""The console table of a vtp-accuracy-summary/2 run, grouped by case (used by verify.report).
+"""The console table of a vtp-accuracy-summary/2 run, grouped by case (used by ``python -m verify.report`` and the harness).
 
 One block per case: a row per call (A, B, warm) and tensor with the decisive metrics and the smallest
 margin; then the failures (each names the case, the call, the tensor and the gate), the repeat and
@@ -7,8 +7,7 @@ determinism findings, the coverage of the profile, and the timings with their st
 
 from __future__ import annotations
 
-
-from verify.report import _num, weights_line
+from verify.report.fmt import _num, weights_line
 
 
 def _ms(value) -> str:

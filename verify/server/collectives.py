@@ -34,7 +34,7 @@ import time
 import torch
 import torch.distributed as dist
 
-logger = logging.getLogger("verify.collectives")
+logger = logging.getLogger("verify.server.collectives")
 
 SCHEMA = "vtp-collectives/1"
 SELFTEST_ENV = "VTP_SELFTEST_COLLECTIVE_RANK"
@@ -229,25 +229,3 @@ def run_check(ctx, sizes=None) -> dict:
     result = analyse(parts, ctx.world_size, ctx.backend)
     result["seconds"] = time.perf_counter() - start
     return result
-
-
-def format_table(result: dict) -> list:
-    """The check as text lines, nccl-tests style."""
-    if result.get("verdict") in (None, "NOT RUN", "SKIPPED"):
-        return [f"collective check: {result.get('verdict') or 'NOT RUN'} ({result.get('note') or 'no result'})"]
-    head = (f"collective check: {result.get('world_size')} ranks, backend {result.get('backend')}: "
-            f"values {'exact' if result.get('values_ok') else 'WRONG'} ({result.get('verdict')})")
-    lines = [head]
-    if result.get("bandwidth"):
-        lines.append(f"#  {'op':<10} {'size(B)':>11} {'count':>10} {'type':>7} {'time(us)':>10} "
-                     f"{'algbw(GB/s)':>11} {'busbw(GB/s)':>11} {'#wrong':>6}")
-        for row in result["bandwidth"]:
-            lines.append(f"   {row['op']:<10} {row['size_bytes']:>11} {row['count']:>10} {row['type']:>7} "
-                         f"{row['time_us']:>10.1f} {_gbps(row['algbw_gbps']):>11} {_gbps(row['busbw_gbps']):>11} "
-                         f"{row['wrong']:>6}")
-    lines += [f"  {reason}" for reason in result.get("reasons", [])]
-    return lines
-
-
-def _gbps(value) -> str:
-    return "-" if value is None else f"{value:.3f}"

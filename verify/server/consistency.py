@@ -27,7 +27,7 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-logger = logging.getLogger("verify.consistency")
+logger = logging.getLogger("verify.server.consistency")
 
 SCHEMA = "vtp-consistency/1"
 OUTPUTS_NAME = "candidate_outputs.safetensors"
@@ -150,18 +150,3 @@ def compare(digests: dict, devices: dict | None = None, verdicts: dict | None = 
 
 def _ranks(ranks) -> str:
     return ", ".join(str(r) for r in ranks)
-
-
-def format_lines(result: dict) -> list:
-    """The consistency result as text lines for the console report."""
-    verdict = result.get("verdict")
-    if verdict == "SKIPPED":
-        return [f"cross-card consistency: SKIPPED ({result.get('note')})"]
-    head = (f"cross-card consistency: {verdict}: {len(result.get('ranks_compared', []))} ranks, "
-            f"{result.get('tensors')} tensors, " + ("bit-identical" if result.get("identical") else
-                                                      f"{len(result.get('groups', []))} distinct output sets"))
-    lines = [head]
-    if result.get("ranks_missing"):
-        lines.append(f"  no outputs from rank(s) {_ranks(result['ranks_missing'])}")
-    lines += [f"  {reason}" for reason in result.get("reasons", [])]
-    return lines

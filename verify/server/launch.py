@@ -23,9 +23,11 @@ import time
 from collections import deque
 from pathlib import Path
 
-from verify.server import (GRACE_S, RUN_ID_ENV, STATUS_NAME, SUMMARY_NAME, new_run_id, read_json, resolve_nproc,
+from verify.server.common import (GRACE_S, RUN_ID_ENV, STATUS_NAME, SUMMARY_NAME, new_run_id, read_json, resolve_nproc,
                            split_passthrough)
-from verify.server_summary import EXIT_ENV, build_summary, server_report_lines
+from verify.report.server_table import server_report_lines
+from verify.server.common import EXIT_ENV
+from verify.server.summary import build_summary
 
 logger = logging.getLogger("verify.server")
 

@@ -1,7 +1,7 @@
 """The server summary: per-rank rows, one verdict and one exit code, and its console table.
 
 Pure functions over the ranks' status records (OUT/rank<k>/status.json, written by
-``verify.server_worker``), used by rank 0 after the gather and by the launcher when a rank did not get
+``verify.server.worker``), used by rank 0 after the gather and by the launcher when a rank did not get
 that far. The summary keeps the top-level shape of a single-card ``accuracy_summary.json`` (schema
 ``vtp-accuracy-summary/N``, ``verdict``, ``overall.reasons``, ``candidate``, ``environment``, ``timings``:
 those of the first rank that finished, the representative) so ``python -m verify.report`` reads it, and
@@ -10,7 +10,7 @@ adds ``ranks`` and ``server``::
     "ranks": [{"rank", "local_rank", "host", "device", "soc", "verdict", "failed_gates", "timings",
                "exit_code", "stage", "error", "pid"}],
     "server": {"schema": "vtp-server-summary/1", "run_id", "world_size", "backend", "hosts",
-               "exit_code", "collectives": {verify.collectives}, "consistency": {verify.consistency},
+               "exit_code", "collectives": {verify.server.collectives}, "consistency": {verify.server.consistency},
                "consistency_policy", "timeout_s", "collective_timeout_s", "launcher": {...} | null,
                "selftests": {variable: value}}
 
@@ -30,9 +30,10 @@ import os
 import signal
 from pathlib import Path
 
+from verify.server.common import EXIT_ENV, EXIT_FAIL, EXIT_PASS
+
 SERVER_SCHEMA = "vtp-server-summary/1"
 DEFAULT_SCHEMA = "vtp-accuracy-summary/1"
-EXIT_PASS, EXIT_FAIL, EXIT_ENV = 0, 1, 2
 SELFTEST_VARS = ("VTP_INJECT_FAULT_RANK", "VTP_SELFTEST_CRASH_RANK", "VTP_SELFTEST_HANG_RANK",
                  "VTP_SELFTEST_INIT_FAIL_RANK", "VTP_SELFTEST_COLLECTIVE_RANK")
 VERDICT_EXIT = {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL, "CRASHED": EXIT_FAIL, "TIMEOUT": EXIT_FAIL,
@@ -141,7 +142,7 @@ def _suspect(rows: list, rank: int, why: str, fail: bool) -> None:
 
 
 def _representative(out: Path, rows: list) -> dict:
-    from verify.server import read_json
+    from verify.server.common import read_json
 
     for row in rows:
         data = read_json(out / f"rank{row['rank']}" / "accuracy_summary.json")
@@ -152,7 +153,7 @@ def _representative(out: Path, rows: list) -> dict:
 
 def build_summary(statuses: dict, world_size: int, out: Path, context: dict) -> dict:
     """The server's accuracy_summary.json from every rank's status (None: no status)."""
-    from verify.consistency import OUTPUTS_NAME, compare
+    from verify.server.consistency import OUTPUTS_NAME, compare
 
     out = Path(out)
     rows = [rank_row(rank, statuses.get(rank), context) for rank in range(world_size)]
@@ -230,35 +231,3 @@ def build_summary(statuses: dict, world_size: int, out: Path, context: dict) -> 
         },
     }
     return summary
-
-
-# ----------------------------------------------------------------------------------------- console
-def server_report_lines(summary: dict) -> list:
-    """The per-rank table, the collective check, the consistency and the verdict, as text lines.
-
-    ``verify.report`` prints these for a summary that has a ``server`` section.
-    """
-    from verify.collectives import format_table
-    from verify.consistency import format_lines
-
-    server = summary.get("server") or {}
-    rows = summary.get("ranks") or []
-    lines = [f"server certification: {server.get('world_size')} rank(s), backend {server.get('backend') or 'none'}, "
-             f"host(s) {', '.join(server.get('hosts') or []) or '?'}",
-             f"{'rank':>4}  {'device':<8} {'soc':<28} {'verdict':<11} {'exit':>4} {'total_s':>8}  failed gates / error"]
-    for r in rows:
-        total = (r.get("timings") or {}).get("total_s")
-        detail = "; ".join(r.get("failed_gates") or [])[:160] or (r.get("error") or "-")[:160]
-        lines.append(f"{r['rank']:>4}  {str(r.get('device') or '-'):<8} {str(r.get('soc') or '-')[:28]:<28} "
-                     f"{r['verdict']:<11} {'-' if r.get('exit_code') is None else r['exit_code']:>4} "
-                     f"{'-' if total is None else f'{total:.1f}':>8}  {detail}")
-    lines += format_table(server.get("collectives") or {})
-    lines += format_lines(server.get("consistency") or {"verdict": "SKIPPED", "note": "absent"})
-    overall = summary.get("overall") or {}
-    for reason in overall.get("reasons") or []:
-        lines.append(f"  - {reason}")
-    code = server.get("exit_code")
-    lines.append(f"SERVER VERDICT: {summary.get('verdict')} (exit {code}"
-                 f"{': environment error or interrupted' if code == EXIT_ENV else ''}): "
-                 f"{overall.get('passed')} of {server.get('world_size')} rank(s) passed")
-    return lines

@@ -1,6 +1,6 @@
 """One rank of ``python -m verify.server``: init, collective check, certification, gather (under torchrun).
 
-Started by the launcher (``verify.server_launch``) or by hand on every node of a multi-node run as
+Started by the launcher (``verify.server.launch``) or by hand on every node of a multi-node run as
 ``torchrun ... -m verify.server --worker --out OUT -- <accuracy_eval options>``. The rank records each
 stage in OUT/rank<k>/status.json (atomically) before it starts it, with its pid, so that whoever
 assembles the summary knows where a rank that never answered stopped. SIGTERM / SIGINT (torchrun
@@ -18,8 +18,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from verify.server import RUN_ID_ENV, STATUS_NAME, SUMMARY_NAME, read_json, selected_ranks, split_passthrough
-from verify.server_summary import EXIT_ENV, EXIT_FAIL, build_summary, rank_result, server_report_lines
+from verify.server.common import RUN_ID_ENV, STATUS_NAME, SUMMARY_NAME, read_json, selected_ranks, split_passthrough
+from verify.report.server_table import server_report_lines
+from verify.server.common import EXIT_ENV, EXIT_FAIL
+from verify.server.summary import build_summary, rank_result
 
 logger = logging.getLogger("verify.server")
 
@@ -168,7 +170,8 @@ def worker_main(args, passthrough: list) -> int:
         signal.signal(sig, _on_signal(status))
     status.update(stage="collectives", device=str(ctx.device), backend=ctx.backend)
 
-    from verify.collectives import format_table, run_check
+    from verify.report.server_table import format_table
+    from verify.server.collectives import run_check
 
     try:
         collectives = run_check(ctx)
@@ -187,7 +190,7 @@ def worker_main(args, passthrough: list) -> int:
         code, reference = certify_with_reference(ctx, argv, out, args.reference_mode, results_group)
         status.update(reference=reference)
         result = rank_result(read_json(rank_dir / SUMMARY_NAME), code)
-        from verify.consistency import OUTPUTS_NAME, digest_file
+        from verify.server.consistency import OUTPUTS_NAME, digest_file
 
         outputs = rank_dir / OUTPUTS_NAME
         digests = digest_file(outputs) if outputs.is_file() and code in (0, 1) else None
