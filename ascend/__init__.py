@@ -1,4 +1,6 @@
-"""Ascend NPU support for VTP: device selection, environment report, (later) fused-op swaps.
+"""The device layer, above the model (vtp/) and below the applications (verify/, vtp_tools/): device
+selection (NPU > CUDA > CPU), the environment report, torch.distributed set-up and the load-time fusion
+layer (fused-operator swaps, ``fusion_result.json``).
 
 Importing this package is cheap and imports neither torch nor torch_npu, so an entry point can run
 
