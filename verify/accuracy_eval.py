@@ -1,9 +1,10 @@
 """Certify a candidate (device, fusions, precision) against the CPU fp32 reference: accuracy and timing.
 
-The stages, one file each: verify/cases.py (which cases, which inputs) -> verify/run.py (candidate and
-references answer every case: A, B, A again, warm/timed calls) -> verify/metrics.py (compare tensors) ->
-verify/judge.py + verify/verdict.py (gates, one verdict) -> verify/report.py (the table). This file reads
-the options, loads the models and writes the outputs.
+The stages, one file each: verify/setup.py (the models) -> verify/cases.py (which cases, which inputs) ->
+verify/run.py (candidate and references answer every case: A, B, A again, warm/timed calls) ->
+verify/metrics.py (compare tensors) -> verify/judge.py + verify/verdict.py (gates, one verdict) ->
+verify/locate.py (the first divergent module, on a FAIL) -> verify/report/ (the table, report.html).
+`evaluate` is that pipeline in one screen; this file also reads the options and writes the outputs.
 
 Outputs, written atomically: OUT/accuracy_summary.json (schema vtp-accuracy-summary/2) and OUT/log.txt
 (appended, one header per run). Exit 0: PASS; 1: verification FAILED; 2: environment or usage error.
@@ -12,7 +13,6 @@ Outputs, written atomically: OUT/accuracy_summary.json (schema vtp-accuracy-summ
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import logging
 import sys
@@ -24,9 +24,8 @@ if __package__ in (None, ""):  # run as `python verify/accuracy_eval.py`: import
 
 from ascend.npu import prepare_environment  # noqa: E402  (imports neither torch nor torch_npu)
 from verify.cli import add_run_options  # noqa: E402
-from verify.faults import UsageError, fault_target, inject_fault, parse_fault  # noqa: E402,F401
+from verify.faults import UsageError, parse_fault  # noqa: E402
 from verify.artifacts import OUTPUTS_FILE  # noqa: E402
-from verify.run import TASKS, make_inputs, run_tasks, task_plan  # noqa: E402,F401  (the simple API)
 
 SCHEMA = "vtp-accuracy-summary/2"
 EXIT_PASS, EXIT_FAIL, EXIT_ENV = 0, 1, 2
@@ -65,113 +64,108 @@ def check_options(args) -> dict:
             "fp32_modules": fp32_modules}
 
 
-# --------------------------------------------------------------------------------------------- main work
+# --------------------------------------------------------------------------------------------- the pipeline
 def evaluate(args, opts: dict) -> tuple:
-    """Run everything with the options `check_options` parsed; returns (summary dict, console lines, case
-    runs, extras for the output files)."""
-    import torch
+    """The certification, one call per stage, with the options `check_options` parsed. Returns (summary,
+    console lines, case runs, extras for the output files)."""
+    from verify.artifacts import save_golden_set
+    from verify.report.table import summary_lines
+    from verify.setup import prepare
+    from verify.timing import load_average
 
-    from ascend.device import ascend_options, peak_memory_bytes, restore_fp32_state, set_strict_fp32, synchronize
-    from ascend.environment import environment_report
-    from ascend.fusion import apply_fusions
-    from ascend.runtime import default_image, load_weights, prepare_candidate
-    from verify.cases import build_plan, coverage, make_case_inputs
-    from verify.judge import judge_case, overall
-    from verify.artifacts import GoldenReference, locate_first_failure, save_golden_set
-    from verify.fp32_modules import apply_fp32_modules
-    from verify.run import run_case
-    from verify.timing import CLEAN_NUMBERS_HINT, cold_process_load, load_average
-    from verify.verdict import select_thresholds
-    from vtp.tokenizers import get_tokenizer
-
-    t_start = time.perf_counter()
-    load_start = load_average()
-    device, thresholds = opts["device"], opts["thresholds"]
-
-    t = time.perf_counter()
-    reference, identity = load_weights(args.weights, require=args.require_weights)
-    load_s = time.perf_counter() - t
-    config = reference.config
-    plan = build_plan(opts["cases"], args.profile, config, prompts=opts["prompts"])
-    if args.iters is not None:
-        plan.iters = args.iters
-    if args.warmup is not None:
-        plan.warmup = args.warmup
-    if args.inject_fault:
-        fault_target(reference, args.inject_fault)  # the candidate has the same module names
-    for task, why in plan.skipped_tasks.items():
-        logger.warning("task %s skipped: %s", task, why)
-
-    tokenizer = get_tokenizer(context_length=config.text_context_length)
-    first_image = default_image(args.weights)[0]  # the checkpoint's figures/dog.png, else the sample image
-    options = ascend_options(device, allow_internal_format=args.allow_internal_format)
-    strict_state = set_strict_fp32(device, True) if args.precision == "fp32" else None
-    runs, calls, checks, timings_by_case = [], [], [], {}
-    compute_s = 0.0
+    clock = {"start": time.perf_counter(), "load_start": load_average()}
+    setup = prepare(args, opts)                                            # the models and the plan
     try:
-        t = time.perf_counter()
-        candidate, fusion_report = prepare_candidate(reference, device, fusion=args.fusion, precision=args.precision,
-                                                     record_path=args.out / "fusion_result.json")
-        if args.fp32_modules:
-            apply_fp32_modules(candidate, opts["fp32_modules"])
-        fault = inject_fault(candidate, args.inject_fault) if args.inject_fault else None
-        # the fused model on the CPU, clean: splits each error into fusions vs device and precision
-        candidate_is_cpu_fused = device.type == "cpu" and args.precision == "fp32" and not fault
-        cpu_fused = None
-        if not candidate_is_cpu_fused:
-            cpu_fused = copy.deepcopy(reference)
-            apply_fusions(cpu_fused, fusion=args.fusion, device=torch.device("cpu"))
-        prepare_s = time.perf_counter() - t
-
-        golden = (GoldenReference(args.reference, identity, config, plan, device) if args.reference else None)
-        if golden is not None and golden.environment_differences:
-            logger.info("golden set %s was made on another environment: %s", args.reference,
-                        golden.environment_differences)
-        timed_shapes = set(plan.timing)
-        for case in plan.cases:
-            calls_of_case = ("A", "B") if plan.repeat else ("A",)
-            inputs = {call: make_case_inputs(plan, case, call, tokenizer,
-                                             first_image if case.task == "clip" else None)
-                      for call in calls_of_case}
-            if golden is not None:  # the set's own inputs: the reference answers belong to them
-                inputs = {call: golden.case_inputs(case, call, inputs[call]["described"]) for call in calls_of_case}
-            warm = None
-            if (case.batch, case.height, case.width) in timed_shapes or case.prompt_set == plan.zero_shot_prompts:
-                warm = {"warmup": plan.warmup, "iters": plan.iters, "timed": not args.no_timing}
-            run = run_case(case, inputs, candidate=candidate, reference=reference, device=device,
-                           precision=args.precision, cpu_fused=cpu_fused, repeat=plan.repeat, warm=warm,
-                           sync=lambda: synchronize(device), candidate_is_cpu_fused=candidate_is_cpu_fused,
-                           golden=({call: golden.case_outputs(case, call) for call in calls_of_case}
-                                   if golden is not None else None))
-            compute_s += run.compute_s
-            case_calls, case_checks = judge_case(run, thresholds, args.precision, config.vision_patch_size)
-            calls += case_calls
-            checks += case_checks
-            if run.timing is not None:
-                timings_by_case[case.id] = run.timing
-            verdicts = " ".join(f"{c['call']}={c['verdict']}" for c in case_calls)
-            logger.info("case %-28s %s (%.1f s)", case.id, verdicts, run.compute_s)
-            runs.append(run)
-        cpu_fused = None  # its memory back before the localisation
-        divergence, locate_s = None, 0.0
-        if args.locate == "always" or (args.locate == "on-fail" and any(c["verdict"] != "PASS" for c in calls)):
-            t = time.perf_counter()
-            divergence = locate_first_failure(runs, calls, reference, candidate, device=device,
-                                              precision=args.precision, thresholds=thresholds)
-            locate_s = time.perf_counter() - t
-            first = divergence.get("first_divergent")
-            logger.info("first divergent module: %s (%.1f s)", first["module"] if first else "none found", locate_s)
+        runs, calls, checks, clock["compute_s"] = certify_cases(args, setup)  # run, compare, judge every case
+        setup.cpu_fused = None                                             # its memory back before localisation
+        divergence, clock["locate_s"] = locate_on_fail(args, setup, runs, calls)  # the first divergent module
         if args.save_golden:
-            save_golden_set(args.save_golden, runs, identity, config, plan)
+            save_golden_set(args.save_golden, runs, setup.identity, setup.config, setup.plan)
     finally:
-        if strict_state is not None:
-            restore_fp32_state(strict_state)
+        setup.close()
+    checks.append(coverage_check(setup))
+    summary = build_summary(args, opts, setup, calls, checks, runs, divergence, clock)
+    extras = {"divergence": divergence, "fusion": _fusion_dict(setup.fusion_report)}
+    return summary, summary_lines(summary), runs, extras
 
-    cover = coverage(plan, tokenizer, config.text_vocab_size, config.text_context_length)
+
+def certify_cases(args, setup) -> tuple:
+    """Stages 2-4 for every case of the plan: its inputs (verify.cases), the candidate's and the references'
+    answers (verify.run), the gates (verify.judge). Returns (runs, judged calls, checks, model compute s)."""
+    from ascend.device import synchronize
+    from verify.cases import make_case_inputs
+    from verify.judge import judge_case
+    from verify.run import run_case
+
+    plan, golden = setup.plan, setup.golden
+    runs, calls, checks, compute_s = [], [], [], 0.0
+    timed_shapes = set(plan.timing)
+    for case in plan.cases:
+        calls_of_case = ("A", "B") if plan.repeat else ("A",)
+        inputs = {call: make_case_inputs(plan, case, call, setup.tokenizer,
+                                         setup.first_image if case.task == "clip" else None)
+                  for call in calls_of_case}
+        if golden is not None:  # the set's own inputs: the reference answers belong to them
+            inputs = {call: golden.case_inputs(case, call, inputs[call]["described"]) for call in calls_of_case}
+        warm = None
+        if (case.batch, case.height, case.width) in timed_shapes or case.prompt_set == plan.zero_shot_prompts:
+            warm = {"warmup": plan.warmup, "iters": plan.iters, "timed": not args.no_timing}
+        run = run_case(case, inputs, candidate=setup.candidate, reference=setup.reference, device=setup.device,
+                       precision=args.precision, cpu_fused=setup.cpu_fused, repeat=plan.repeat, warm=warm,
+                       sync=lambda: synchronize(setup.device), candidate_is_cpu_fused=setup.candidate_is_cpu_fused,
+                       golden=({call: golden.case_outputs(case, call) for call in calls_of_case}
+                               if golden is not None else None))
+        compute_s += run.compute_s
+        case_calls, case_checks = judge_case(run, setup.thresholds, args.precision, setup.config.vision_patch_size)
+        calls += case_calls
+        checks += case_checks
+        verdicts = " ".join(f"{c['call']}={c['verdict']}" for c in case_calls)
+        logger.info("case %-28s %s (%.1f s)", case.id, verdicts, run.compute_s)
+        runs.append(run)
+    return runs, calls, checks, compute_s
+
+
+def locate_on_fail(args, setup, runs, calls) -> tuple:
+    """Stage 5: (the divergence result or None, seconds): on a FAIL, or always with --locate always."""
+    from verify.artifacts import locate_first_failure
+
+    failed = any(c["verdict"] != "PASS" for c in calls)
+    if not (args.locate == "always" or (args.locate == "on-fail" and failed)):
+        return None, 0.0
+    t = time.perf_counter()
+    divergence = locate_first_failure(runs, calls, setup.reference, setup.candidate, device=setup.device,
+                                      precision=args.precision, thresholds=setup.thresholds)
+    first = divergence.get("first_divergent")
+    logger.info("first divergent module: %s (%.1f s)", first["module"] if first else "none found",
+                time.perf_counter() - t)
+    return divergence, time.perf_counter() - t
+
+
+def coverage_check(setup) -> dict:
+    """What the plan covered and its gaps (verify.cases.coverage), as a check that reports, never fails."""
+    from verify.cases import coverage
+
+    plan, config = setup.plan, setup.config
+    cover = coverage(plan, setup.tokenizer, config.text_vocab_size, config.text_context_length)
     for gap in cover["gaps"]:
         logger.warning("coverage: %s (profile %s)", gap, plan.profile)
-    checks.append({"check": "coverage", "id": f"profile {plan.profile}", "verdict": "PASS",
-                   "detail": cover, "note": "gaps are reported, not failed: the profile is the user's choice"})
+    return {"check": "coverage", "id": f"profile {plan.profile}", "verdict": "PASS", "detail": cover,
+            "note": "gaps are reported, not failed: the profile is the user's choice"}
+
+
+def build_summary(args, opts, setup, calls, checks, runs, divergence, clock) -> dict:
+    """accuracy_summary.json (schema vtp-accuracy-summary/2) as a dict."""
+    from ascend.device import peak_memory_bytes
+    from ascend.environment import environment_report
+    from verify.judge import overall
+    from verify.timing import CLEAN_NUMBERS_HINT, cold_process_load, load_average
+    from verify.verdict import select_thresholds
+
+    device, thresholds, plan, identity, golden = setup.device, setup.thresholds, setup.plan, setup.identity, setup.golden
+    fault, options, fusion_report = setup.fault, setup.ascend_options, setup.fusion_report
+    timings_by_case = {run.case.id: run.timing for run in runs if run.timing is not None}
+    load_s, prepare_s, compute_s, locate_s = setup.load_s, setup.prepare_s, clock["compute_s"], clock["locate_s"]
+    load_start, t_start = clock["load_start"], clock["start"]
     result = overall(calls, checks)
 
     timings = {"load_in_process_s": load_s, "prepare_candidate_s": prepare_s, "tasks": timings_by_case,
@@ -239,10 +233,7 @@ def evaluate(args, opts: dict) -> tuple:
         "verdict": result["verdict"],
         "overall": result,
     }
-    from verify.report.table import summary_lines
-
-    extras = {"divergence": divergence, "fusion": _fusion_dict(fusion_report)}
-    return summary, summary_lines(summary), runs, extras
+    return summary
 
 
 def _fusion_dict(report):

@@ -135,7 +135,7 @@ def locate(reference, candidate, inputs: dict, *, device, precision: str, thresh
 
     inputs: {"images": (B, 3, H, W) ImageNet-normalised, "text": LongTensor (P, L)}. device/precision:
     the candidate's (the reference always runs on the CPU in strict fp32). thresholds: a table from
-    verify.verdict.load_thresholds or a flat dict of limits. tasks: names of verify.accuracy_eval.TASKS
+    verify.verdict.load_thresholds or a flat dict of limits. tasks: names of verify.run.TASKS
     (default: every task the reference's config can run). full_tensors: module names whose full
     outputs are kept (result["tensors"], written by write_divergence as a safetensors file).
     """
