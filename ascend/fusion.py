@@ -490,7 +490,7 @@ def _from_tokens(tokens: Iterable[str], where: str) -> List[FusionRule]:
     "all" and "none" as starting points; names to apply and to leave out in one list are refused."""
     items = [t.strip() for t in tokens if t.strip()]
     drops = [t[1:].strip() for t in items if t.startswith("-")]
-    keeps = [t for t in items if not t.startswith("-") and t not in ("all", "none")]
+    keeps = [t for t in items if not t.startswith("-") and t not in ("all", "none", "auto")]
     bad = [n for n in drops + keeps if n not in RULES]
     if bad:
         raise _unknown(bad, where)
@@ -501,7 +501,12 @@ def _from_tokens(tokens: Iterable[str], where: str) -> List[FusionRule]:
     if drops and "none" in items:
         raise ValueError(f"{where}: 'none' with rules to leave out ({', '.join('-' + n for n in drops)}) leaves "
                          "nothing to leave out; use '-gelu,...' alone for all but those rules, or 'none'")
-    if drops:  # only exclusions: start from every rule (with or without an explicit "all")
+    if "auto" in items and (keeps or "all" in items or "none" in items):
+        raise ValueError(f"{where}: 'auto' is a whole spec (the exact rules), optionally with rules to leave out "
+                         "('auto,-rope'); it does not combine with rule names, 'all' or 'none'")
+    if "auto" in items:  # the rules that compute the original function: every rule but the approximations
+        chosen = [n for n in RULE_NAMES if RULES[n].exact and n not in drops]
+    elif drops:  # only exclusions: start from every rule (with or without an explicit "all")
         chosen = [n for n in RULE_NAMES if n not in drops]
     elif "all" in items:
         chosen = list(RULE_NAMES)
@@ -561,7 +566,8 @@ def parse_fusion_spec(spec=None) -> List[FusionRule]:
 
     ``spec`` is one of:
 
-    - None or "all": every rule; "none" or "": no rule;
+    - None or "all": every rule; "none" or "": no rule; "auto": the exact rules only (``FusionRule.exact``:
+      every rule but approximations such as ``gelu``'s tanh GELU), "auto,-rope" the same without rope;
     - a comma list of rules to apply, "gelu,layernorm" (only those);
     - a comma list of rules to leave out, each with a leading "-": "-gelu,-rope" is every rule but gelu
       and rope ("all,-gelu,-rope" says the same);

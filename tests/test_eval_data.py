@@ -64,3 +64,47 @@ def test_cli_empty_dataset_exits_2_and_writes_nothing(tmp_path, capsys):
     code = main(["zero-shot", "--data", str(tmp_path / "ds"), "--device", "cpu", "--out", str(out)])
     assert code == 2 and not out.exists()
     assert "no class sub-folders" in capsys.readouterr().err
+
+
+def test_nested_class_folders_walk_in_make_dataset_order(tmp_path):
+    """torchvision's make_dataset sorts the os.walk entries by folder path: 'a-b' ('-' < '/') comes before 'a/b',
+    which a depth-first walk visits first."""
+    from PIL import Image
+
+    for rel in ("c/0.png", "c/a/1.png", "c/a/b/2.png", "c/a-b/3.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / rel)
+    _, samples = find_samples(tmp_path)
+    assert [p for p, _ in samples] == ["c/0.png", "c/a/1.png", "c/a-b/3.png", "c/a/b/2.png"]
+
+
+def _torchvision_box(width, height, gen):
+    """RandomResizedCrop.get_params(scale=(0.08, 1), ratio=(3/4, 4/3)) with draws from ``gen``: (left, top, w, h)."""
+    import math
+
+    for _ in range(10):
+        area = width * height * torch.empty(1).uniform_(0.08, 1.0, generator=gen).item()
+        ratio = math.exp(torch.empty(1).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen).item())
+        w, h = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=gen).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=gen).item())
+            return left, top, w, h
+    raise AssertionError("fallback not expected for this image")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_resized_crop_crops_then_resizes(seed):
+    """As torchvision (F.resized_crop on PIL: crop, then resize bicubic): the pixels outside the box never
+    enter the result. A one-step Pillow resize(box=...) reads them at the border and differs here."""
+    import numpy as np
+    from PIL import Image
+
+    from vtp_tools.eval.data import _random_resized_crop
+
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    ours = _random_resized_crop(img, 24, torch.Generator().manual_seed(seed))
+    left, top, w, h = _torchvision_box(80, 60, torch.Generator().manual_seed(seed))
+    expected = img.crop((left, top, left + w, top + h)).resize((24, 24), Image.Resampling.BICUBIC)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(expected))

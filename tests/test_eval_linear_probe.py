@@ -35,6 +35,11 @@ def test_learns_separable_colours(tmp_path, tiny_checkpoint):
     epochs = r["options"]["per_epoch"]
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert r["metrics"]["top1"] == max(e["top1"] for e in epochs)
+    # all_accuracies is the last epoch's table, as the original saves it; the best epoch's is kept as well
+    assert r["options"]["all_accuracies_epoch"] == 1
+    assert max(r["options"]["all_accuracies"].values()) == epochs[-1]["top1"]
+    assert max(r["options"]["best_epoch_accuracies"].values()) == r["metrics"]["top1"]
+    assert r["precision"] == "bf16"  # the original linear-probe tool's default
 
 
 def test_missing_split_is_a_usage_error(tmp_path, capsys):

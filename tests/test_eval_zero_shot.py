@@ -3,18 +3,20 @@ truncating the text tower at the last EOT token changes nothing but speed."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from eval_helpers import make_image_folder
+from eval_helpers import WNID_COLORS, make_image_folder
 from PIL import Image
 
 from vtp_tools.eval import zero_shot
 from vtp_tools.eval.cli import main
 from vtp_tools.eval.context import open_run
+from vtp_tools.eval.data import ImageFolderDataset
 
 TEMPLATES = ["a photo of a {}.", "itap of the {}.", "a blurry photo of my {}."]
 
@@ -54,9 +56,55 @@ def test_cli_equals_independent_formula(tmp_path, tiny_checkpoint, tiny_model):
     result = json.loads(out.read_text())
     classes = ["blue whale", "green frog", "red fox"]
     _, top1, top5 = _reference(tiny_model, root, classes, 32)
-    assert result["metrics"] == pytest.approx({"top1": top1, "top5": top5})
+    assert result["metrics"]["top1"] == pytest.approx(top1)
+    # 3 classes: top-5 would count every image (the reference's 100 %); it is reported as not applicable
+    assert top5 == 100.0 and result["metrics"]["top5"] is None
+    assert "not applicable: 3 classes" in result["options"]["top5"]
     assert result["num_samples"] == 9 and result["dataset"]["num_images"] == 9
-    assert result["options"]["classnames"] == "folders" and result["options"]["text_truncated_at_eot"]
+    assert result["options"]["classnames"].startswith("folders") and result["options"]["text_truncated_at_eot"]
+
+
+def test_wnid_folders_get_imagenet_names_whatever_subset(tmp_path, tiny_checkpoint):
+    root = make_image_folder(tmp_path / "ds", per_class=1, colors=WNID_COLORS)
+    ds = ImageFolderDataset(root)
+    names, source, columns = zero_shot.resolve_classnames(ds, None)
+    assert names == ["tench", "goldfish", "red fox"] and source.startswith("imagenet-wnids") and columns is None
+    names, source, columns = zero_shot.resolve_classnames(ds, "imagenet")  # the original's 1000-way classifier
+    assert len(names) == 1000 and columns == [0, 1, 277] and names[277] == "red fox"
+    assert zero_shot.resolve_classnames(ds, "folders")[0] == ["n01440764", "n01443537", "n02119022"]
+    out = tmp_path / "zs.json"
+    tpl = tmp_path / "templates.txt"
+    tpl.write_text("a photo of a {}.")
+    assert main(["zero-shot", "--data", str(root), "--weights", str(tiny_checkpoint), "--device", "cpu",
+                 "--workers", "0", "--image-size", "32", "--templates", str(tpl), "--out", str(out), "-q"]) == 0
+    result = json.loads(out.read_text())
+    assert result["options"]["classnames"].startswith("imagenet-wnids") and result["options"]["num_classes"] == 3
+
+
+def test_default_fusion_is_exact_and_recorded(tmp_path, tiny_checkpoint, tiny_model):
+    """The default (auto) leaves the text tower's exact GELU alone: features bit-identical to the unpatched
+    model on the CPU; 'all' swaps in tanh GELU and changes them. The result names the rules."""
+    from vtp.model import _tokenizer
+
+    tokens = _tokenizer(tiny_model.config.text_context_length)(["a photo of a red fox.", "itap of the tench."])
+    with torch.no_grad():
+        plain = tiny_model.get_clip_text_feature(tokens)
+        feats = {}
+        for spec in ("auto", "all"):
+            run = open_run("cpu", "fp32", spec, model=copy.deepcopy(tiny_model), identity={"kind": "test"})
+            feats[spec] = run.model.get_clip_text_feature(tokens)
+    assert torch.equal(feats["auto"], plain)
+    assert not torch.equal(feats["all"], plain)
+    root = make_image_folder(tmp_path / "ds", per_class=1)
+    out = tmp_path / "zs.json"
+    tpl = tmp_path / "templates.txt"
+    tpl.write_text("a photo of a {}.")
+    assert main(["zero-shot", "--data", str(root), "--weights", str(tiny_checkpoint), "--device", "cpu",
+                 "--workers", "0", "--image-size", "32", "--templates", str(tpl), "--out", str(out), "-q"]) == 0
+    result = json.loads(out.read_text())
+    assert result["fusion"] == "auto" and result["precision"] == "fp32"  # the original zero-shot tool's default
+    assert "gelu" not in result["fusion_rules"]["enabled"] and result["fusion_rules"]["approximations"] == []
+    assert "layernorm" in result["fusion_rules"]["enabled"]
 
 
 def test_classifier_matches_reference_and_truncation_is_exact(tmp_path, tiny_model):

@@ -3,6 +3,7 @@ shards without recomputing finished ones; two processes write the same shards as
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,6 +44,9 @@ def test_layout_and_stats(tmp_path, tiny_checkpoint, tiny_model):
     torch.testing.assert_close(stats["mean"], every.mean(dim=[0, 2, 3], keepdim=True))  # 9 < 10000: all samples
     torch.testing.assert_close(stats["std"], every.std(dim=[0, 2, 3], keepdim=True))
     assert compute_stats(out, 9)["mean"].shape == (1, 8, 1, 1)
+    manifest = json.loads((out / "extract_manifest.json").read_text())
+    assert manifest["precision"] == "fp32" and manifest["fusion"] == "none"
+    assert manifest["fusion_rules"] == {"enabled": [], "approximations": [], "modules_patched": 0}
 
 
 @pytest.fixture

@@ -112,7 +112,7 @@ def _check_manifest(out: Path, manifest: dict) -> None:
     if not path.is_file():
         return
     old = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("dataset", "weights_sha256", "image_size", "shard_size", "precision", "limit")
+    keys = ("dataset", "weights_sha256", "image_size", "shard_size", "precision", "fusion_rules", "tf32", "limit")
     diff = [k for k in keys if old.get(k) != manifest.get(k)]
     if diff:
         raise ValueError(f"{out} holds shards of another extraction ({', '.join(diff)} differ); "
@@ -171,12 +171,16 @@ def extract(args) -> int:
     out = Path(args.out)
     run = open_run(args.device, args.precision, args.fusion, args.weights, args.require_weights)
     ctx = run.ctx
+    if run.device.type == "cuda":  # the original's first lines; CUDA only
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
     dataset.size = args.image_size or run.model.config.image_size
     n = len(dataset) if args.limit is None else min(args.limit, len(dataset))
     manifest = {"schema": "vtp-extract-manifest", "schema_version": 1, "dataset": dataset.identity(),
                 "limit": args.limit, "weights": run.weights, "weights_sha256": run.weights.get("sha256"),
                 "image_size": dataset.size, "shard_size": args.shard_size, "precision": args.precision,
-                "num_samples": n, "keys": ["latents", "latents_flip", "labels", "indices"]}
+                "fusion": args.fusion, "fusion_rules": run.fusion_rules(),
+                "tf32": args.tf32 if run.device.type == "cuda" else None, "num_samples": n, "keys": ["latents", "latents_flip", "labels", "indices"]}
     _check_manifest(out, manifest)
     barrier(ctx)
     if ctx.is_main:
@@ -246,21 +250,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vtp_tools.extract", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
                                     "example:\n  torchrun --nproc_per_node 8 -m vtp_tools.extract --data /data/imagenet/train "
-                                    "--out latents/vtp-s --weights weights/VTP-Small-f16d64 --precision bf16\n"
-                                    "  (rerun the same command after an interruption: finished shards are kept)"))
-    p.add_argument("--data", required=True, help="ImageFolder root")
-    p.add_argument("--out", required=True, help="output folder for shards, manifest and latents_stats.pt")
-    p.add_argument("--weights", default=None)
-    p.add_argument("--require-weights", action="store_true")
-    p.add_argument("--device", default="auto")
+                                    "--out latents/vtp-s --weights weights/VTP-Small-f16d64\n"
+                                    "  (rerun the same command after an interruption: finished shards are kept)\n"
+                                    "Defaults are the original generation/tools/extract_features_vtp.py's with the shipped "
+                                    "configs/train_vtp_*_dit_xl.yaml;\neach option's help names the original's setting."))
+    p.add_argument("--data", required=True, help="ImageFolder root (original: data.raw_image_path of the config)")
+    p.add_argument("--out", required=True,
+                   help="output folder for shards, manifest and latents_stats.pt (original: train.output_dir"
+                        "/latents/<model>/imgnet<size>_norm<type>)")
+    p.add_argument("--weights", default=None,
+                   help="checkpoint folder (default: weights/VTP-Small-f16d64, synthetic weights with a notice when "
+                        "absent; original: vae.hf_model_path)")
+    p.add_argument("--require-weights", action="store_true",
+                   help="a missing checkpoint is an error, not synthetic weights (default: off; the original always "
+                        "needs vae.hf_model_path)")
+    p.add_argument("--device", default="auto",
+                   help="auto|npu|npu:N|cuda|cuda:N|cpu (default: auto = NPU > CUDA > CPU; under torchrun each process "
+                        "takes its LOCAL_RANK device; the original needs CUDA, device rank %% GPUs)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-                   help="autocast precision (the original's --fp16 flag is fp16)")
-    p.add_argument("--fusion", default="all")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--shard-size", type=int, default=10000, help="samples per shard file (the original: ~10000)")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+                   help="autocast precision (default: fp32, what the original computes: its --fp16 flag is stored "
+                        "but never used, encode_images never enters autocast, so it runs fp32 with TF32 matmuls on "
+                        "CUDA; fp16/bf16 here change the latents)")
+    p.add_argument("--no-tf32", dest="tf32", action="store_false",
+                   help="keep CUDA matmuls and cuDNN convolutions in full fp32 (default: TF32 allowed on CUDA, as the "
+                        "original sets torch.backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32; no effect elsewhere)")
+    p.add_argument("--fusion", default="auto",
+                   help="fusion rules (ascend.fusion): auto (default) = only the exact rules, latents as the unfused "
+                        "model's; all adds approximations (tanh GELU, text tower only); none; 'gelu,layernorm'; "
+                        "file.yaml. The original has no fusion; the manifest records the rules")
+    p.add_argument("--batch-size", type=int, default=50,
+                   help="images per step and process (default: 50, the original's vae.per_proc_batch_size in the shipped "
+                        "configs)")
+    p.add_argument("--shard-size", type=int, default=10000,
+                   help="samples per shard file (default: 10000; the original writes one file per rank per "
+                        "10000 // batch-size batches)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size (default: the model's config image_size; original: data.image_size, 256)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: CPUs/2, at most 8; original: 8); they do not change "
+                        "the latents")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N images in ImageFolder order (default: all; the original has no limit)")
     return p
 
 

@@ -16,60 +16,132 @@ logger = logging.getLogger("vtp_tools.eval")
 
 EXAMPLES = """examples:
   python -m vtp_tools.eval zero-shot --data /data/imagenet/val --weights weights/VTP-Small-f16d64 --device npu:0 \\
-      --precision bf16 --compare-to published:VTP-Small-f16d64
-  torchrun --nproc_per_node 8 -m vtp_tools.eval reconstruction --data /data/imagenet/val --batch-size 64 \\
+      --compare-to published:VTP-Small-f16d64
+  torchrun --nproc_per_node 8 -m vtp_tools.eval reconstruction --data /data/imagenet/val \\
       --compare-to eval_out/reconstruction-gpu.json
   python -m vtp_tools.eval linear-probe --data /data/imagenet --epochs 10 --epoch-length 1250
+
+Defaults are the original tools' (tools/test_*_hf.py): each option's help names the original's setting.
 """
+
+# Per task: (original script, its precision default, its batch-size default, its data option).
+ORIGINAL = {
+    "zero-shot": ("tools/test_zero_shot_hf.py", "fp32", 128, "--data_path"),
+    "linear-probe": ("tools/test_linear_probing_hf.py", "bf16", 128, "--imagenet_root"),
+    "reconstruction": ("tools/test_reconstruction_hf.py", "bf16", 32, "--data_path"),
+}
+CPU_AUTOCAST_NOTE = ("; the original's autocast is device_type='cuda', so on a CPU it computes fp32 whatever "
+                     "--precision says: pass --precision fp32 to match an original CPU run")
 
 
 class UsageError(Exception):
     """A problem with the command line or its files: exit 2."""
 
 
+def _add_common(parser: argparse.ArgumentParser, task: str) -> None:
+    script, precision, batch, data_opt = ORIGINAL[task]
+    data_help = ("a folder with train/ and val/ (ImageFolder each)" if task == "linear-probe" else "ImageFolder root")
+    parser.add_argument("--data", required=True, help=f"{data_help} (original: {data_opt})")
+    parser.add_argument("--weights", default=None,
+                        help="checkpoint folder (default: weights/VTP-Small-f16d64, synthetic weights with a notice "
+                             "when absent; original: --model_path)")
+    parser.add_argument("--require-weights", action="store_true",
+                        help="a missing checkpoint is an error, not synthetic weights (default: off; the original "
+                             "always needs --model_path)")
+    parser.add_argument("--device", default="auto",
+                        help="auto|npu|npu:N|cuda|cuda:N|cpu (default: auto = NPU > CUDA > CPU; under torchrun each "
+                             "process takes its LOCAL_RANK device; original: --device cuda:0, --use_ddp)")
+    extra = CPU_AUTOCAST_NOTE if precision == "bf16" else "; the shipped scripts/test_zero_shot_hf.sh sets bf16"
+    parser.add_argument("--precision", default=precision, choices=("fp32", "fp16", "bf16"),
+                        help=f"autocast precision (default: {precision}, the original's --precision default{extra})")
+    parser.add_argument("--fusion", default="auto",
+                        help="fusion rules (ascend.fusion): auto (default) = only the exact rules, so the numbers "
+                             "are the unfused model's (every rule runs its torch math off the NPU; on the NPU ULP-level "
+                             "kernel differences); all = auto plus approximations (gelu: tanh GELU, up to 4.7e-4 per "
+                             "element); none; 'gelu,layernorm'; '-gelu,-rope'; file.yaml (write --fusion=-gelu with "
+                             "'='). The original has no fusion. The result records the rules (fusion_rules)")
+    parser.add_argument("--batch-size", type=int, default=batch,
+                        help=f"images per step and process (default: {batch}, the original's --batch_size"
+                             + ("; its evaluation batch is twice that, as here" if task == "linear-probe" else "")
+                             + ("; the SSIM/LPIPS average depends on it, as the original's" if task == "reconstruction"
+                                else "") + ")")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader worker processes (default: CPUs/2, at most 8; original: --num_workers "
+                             f"{4 if task == 'reconstruction' else 8}); they do not change the numbers")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N images, in the original's ImageFolder order (default: all; original: "
+                             + ("--max_samples)" if task == "reconstruction" else "none, it runs all)"))
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input size (default: the model's config image_size, as the original"
+                             + ("; linear-probe uses --crop-size)" if task == "linear-probe" else ")"))
+    parser.add_argument("--out", default=None,
+                        help="results JSON (default: eval_out/<task>-<time>.json; original: "
+                             + ("--output_dir/linear_probing_results.json)" if task == "linear-probe"
+                                else "printed only)"))
+    parser.add_argument("--compare-to", default=None,
+                        help="a results JSON of another run, or published:VTP-Small-f16d64|Base|Large: deltas and "
+                             "a verdict (default: none; the original has no comparison)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the shuffling and random crops (default: 0; used by linear-probe only; the "
+                             "original seeds neither, its DistributedSampler uses seed 0)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and the result line only (default: off; the original always prints progress)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vtp_tools.eval", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="task", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data", required=True, help="ImageFolder root (linear-probe: a folder with train/ and val/)")
-    common.add_argument("--weights", default=None, help="checkpoint folder (default weights/VTP-Small-f16d64; "
-                        "synthetic weights with a notice when absent)")
-    common.add_argument("--require-weights", action="store_true", help="a missing checkpoint is an error")
-    common.add_argument("--device", default="auto", help="auto|npu|npu:N|cuda|cuda:N|cpu (torchrun: per LOCAL_RANK)")
-    common.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    common.add_argument("--fusion", default="all", help="fusion spec: all|none|gelu,layernorm,...|file.yaml")
-    common.add_argument("--batch-size", type=int, default=None, help="images per step and process")
-    common.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: CPUs/2, <= 8)")
-    common.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (quick runs)")
-    common.add_argument("--image-size", type=int, default=None, help="input size (default: the model's image_size)")
-    common.add_argument("--out", default=None, help="results JSON (default eval_out/<task>-<time>.json)")
-    common.add_argument("--compare-to", default=None,
-                        help="a results JSON of another run, or published:VTP-Small-f16d64|Base|Large")
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("-q", "--quiet", action="store_true")
 
-    zs = sub.add_parser("zero-shot", parents=[common], help="zero-shot top-1/top-5 (80 OpenAI templates)")
+    zs = sub.add_parser("zero-shot", help="zero-shot top-1/top-5 (80 OpenAI templates)",
+                        description="Zero-shot classification, the original tools/test_zero_shot_hf.py.")
+    _add_common(zs, "zero-shot")
     zs.add_argument("--classnames", default=None,
-                    help="imagenet (default for 1000 classes) | folders (default otherwise) | FILE (one per line)")
-    zs.add_argument("--templates", default="openai", help="openai (the 80 templates) | FILE ({} = class name)")
+                    help="default: wnids when every class folder is an ImageNet wnid (n01440764 ...: the ImageNet "
+                         "names of the folders present; all 1000 = the original's classifier), else folders (the "
+                         "folder names); imagenet = the original's 1000-way classifier (the original always uses it), "
+                         "on wnid folders or 1000 folders; FILE = one name per line in folder order. The result "
+                         "records the source")
+    zs.add_argument("--templates", default="openai",
+                    help="openai (default: the original's 80 OpenAI templates) | FILE (one per line, {} = class name)")
     zs.add_argument("--exact-text", action="store_true",
-                    help="run the text tower at full context length (original-exact; default: up to the last EOT)")
+                    help="run the text tower at full context length, the original's path (default: off, the tower "
+                         "stops at the last end-of-text token, which cannot change a pooled feature)")
 
-    lp = sub.add_parser("linear-probe", parents=[common], help="linear heads on frozen intermediate features")
-    lp.add_argument("--epochs", type=int, default=10)
-    lp.add_argument("--epoch-length", type=int, default=1250)
-    lp.add_argument("--n-blocks", default="1,4", help="comma list of last-block counts")
-    lp.add_argument("--learning-rates", default=None, help="comma list (default: the original 13-point grid)")
-    lp.add_argument("--crop-size", type=int, default=224)
-    lp.add_argument("--resize-size", type=int, default=256)
+    lp = sub.add_parser("linear-probe", help="linear heads on frozen intermediate features",
+                        description="Linear probing, the original tools/test_linear_probing_hf.py.")
+    _add_common(lp, "linear-probe")
+    lp.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10, the original's --epochs)")
+    lp.add_argument("--epoch-length", type=int, default=1250,
+                    help="steps per epoch (default: 1250, the original's --epoch_length)")
+    lp.add_argument("--n-blocks", default="1,4",
+                    help="comma list of last-block counts (default: 1,4, the original's n_last_blocks_list)")
+    lp.add_argument("--learning-rates", default=None,
+                    help="comma list (default: the original's DEFAULT_LEARNING_RATES, 13 points 1e-5 .. 0.1, each "
+                         "scaled by batch x processes / 256)")
+    lp.add_argument("--crop-size", type=int, default=224, help="crop side (default: 224, the original's CROP_SIZE)")
+    lp.add_argument("--resize-size", type=int, default=256,
+                    help="evaluation shorter side before the central crop (default: 256, the original's RESIZE_SIZE)")
 
-    rc = sub.add_parser("reconstruction", parents=[common], help="PSNR, SSIM, LPIPS, rFID")
-    rc.add_argument("--inception", default=None, help="pt_inception-2015-12-05-6726825d.pth (default: torch hub cache)")
-    rc.add_argument("--vgg", default=None, help="vgg16-397923af.pth (default: torch hub cache)")
-    rc.add_argument("--lpips", default=None, help="LPIPS v0.1 vgg.pth heads (default: lpips package / cache)")
-    rc.add_argument("--no-fid", action="store_true", help="skip rFID (no Inception weights needed)")
-    rc.add_argument("--no-lpips", action="store_true", help="skip LPIPS (no VGG weights needed)")
+    rc = sub.add_parser("reconstruction", help="PSNR, SSIM, LPIPS, rFID",
+                        description="Reconstruction quality, the original tools/test_reconstruction_hf.py.")
+    _add_common(rc, "reconstruction")
+    rc.add_argument("--inception", default=None,
+                    help="pt_inception-2015-12-05-6726825d.pth (default: $VTP_METRIC_WEIGHTS or the torch hub "
+                         "cache; the original's pytorch_fid downloads it)")
+    rc.add_argument("--vgg", default=None,
+                    help="vgg16-397923af.pth (default: $VTP_METRIC_WEIGHTS or the torch hub cache; the original's "
+                         "LPIPS downloads it)")
+    rc.add_argument("--lpips", default=None,
+                    help="LPIPS v0.1 vgg.pth heads (default: $VTP_METRIC_WEIGHTS or the cache; the original's "
+                         "vtp.utils.lpips downloads it)")
+    rc.add_argument("--no-fid", action="store_true",
+                    help="skip rFID, no Inception weights needed (default: off; original: --no_save_images)")
+    rc.add_argument("--no-lpips", action="store_true",
+                    help="skip LPIPS, no VGG weights needed (default: off; the original always computes it)")
+    rc.add_argument("--average", default="original", choices=("original", "images"),
+                    help="original (default): as the original, SSIM and LPIPS the mean of batch means and, under "
+                         "torchrun, of the processes' means (DistributedSampler's padded duplicates counted); "
+                         "images: the plain mean over images. The result holds both and says which is which")
     return parser
 
 
@@ -141,7 +213,7 @@ def run(args, model=None, identity=None) -> int:
         if not templates or any("{}" not in t for t in templates):
             raise UsageError(f"--templates {args.templates}: every line must contain {{}} for the class name")
     if args.task == "zero-shot":
-        names, source = zero_shot.resolve_classnames(data, args.classnames)
+        names, source, columns = zero_shot.resolve_classnames(data, args.classnames)
 
     r = open_run(args.device, args.precision, args.fusion, args.weights, args.require_weights, model, identity)
     size = args.image_size or r.model.config.image_size
@@ -151,20 +223,25 @@ def run(args, model=None, identity=None) -> int:
         data.size = size
         truncate = not args.exact_text
         classifier = zero_shot.build_classifier(r, names, templates, truncate=truncate)
-        out = zero_shot.evaluate(r, data, classifier, args.batch_size or 64, args.workers, args.limit)
-        options.update(classnames=source, templates="openai-80" if args.templates == "openai" else args.templates,
+        out = zero_shot.evaluate(r, data, classifier, args.batch_size, args.workers, args.limit, columns)
+        options.update(classnames=source, num_classes=len(names),
+                       templates="openai-80" if args.templates == "openai" else args.templates,
                        num_templates=len(templates), text_truncated_at_eot=truncate)
+        if out is not None and out["metrics"]["top5"] is None:
+            options["top5"] = f"not applicable: {len(names)} classes (< 5), every image would be a top-5 hit"
         identity_data = data.identity()
     elif args.task == "reconstruction":
         data.size = size
-        out = reconstruction.evaluate(r, data, args.batch_size or 32, args.workers, args.limit, lpips_net, fid_net)
-        options.update(metric_weights=metric_ids)
+        out = reconstruction.evaluate(r, data, args.batch_size, args.workers, args.limit, lpips_net, fid_net,
+                                      average=args.average)
+        skipped = [m for m, off in (("rfid", args.no_fid), ("lpips", args.no_lpips)) if off]
+        options.update(metric_weights=metric_ids, metrics_skipped=skipped)
         identity_data = data.identity()
     else:
         lrs = _floats(args.learning_rates, "--learning-rates") if args.learning_rates else None
         n_blocks = [int(x) for x in _floats(args.n_blocks, "--n-blocks")]
         out = linear_probe.train_and_evaluate(
-            r, data, val, args.batch_size or 128, args.epochs, args.epoch_length, n_blocks,
+            r, data, val, args.batch_size, args.epochs, args.epoch_length, n_blocks,
             lrs or linear_probe.DEFAULT_LEARNING_RATES, args.seed, args.workers, args.limit)
         options.update(epochs=args.epochs, epoch_length=args.epoch_length, n_blocks=n_blocks,
                        learning_rates=lrs or list(linear_probe.DEFAULT_LEARNING_RATES))
@@ -186,7 +263,9 @@ def run(args, model=None, identity=None) -> int:
         path = Path(args.out or f"eval_out/{args.task}-{time.strftime('%Y%m%d-%H%M%S')}.json")
         results.write_result(path, result)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items() if v is not None)
-        print(f"{args.task}: {shown} over {result['num_samples']} images -> {path}")
+        rules = ",".join(result["fusion_rules"]["enabled"]) or "none"
+        print(f"{args.task}: {shown} over {result['num_samples']} images ({result['precision']}, fusion "
+              f"{args.fusion}: {rules}) -> {path}")
     code = _broadcast_code(r.ctx, code)
     barrier(r.ctx)
     shutdown(r.ctx)

@@ -47,14 +47,25 @@ class Run:
 
         return PRECISIONS[self.precision]
 
+    def fusion_rules(self) -> dict:
+        """The fusion rules that produced the numbers: ``enabled`` (names), ``approximations`` (the enabled
+        rules that do not compute the original function, e.g. gelu's tanh GELU) and ``modules_patched``."""
+        report = self.fusion_report
+        if report is None:
+            return {"enabled": [], "approximations": [], "modules_patched": 0}
+        return {"enabled": report.enabled,
+                "approximations": [r.rule.name for r in report.rules if r.enabled and not r.rule.exact],
+                "modules_patched": len(report.patched_modules)}
+
     def describe(self) -> dict:
-        """The run fields of a result: device, precision, fusion, world size, weights identity."""
+        """The run fields of a result: device, precision, fusion spec and rules, world size, weights identity."""
         return {"device": str(self.device), "device_type": self.device.type, "world_size": self.ctx.world_size,
-                "precision": self.precision, "fusion": self.fusion, "weights": self.weights,
+                "precision": self.precision, "fusion": self.fusion, "fusion_rules": self.fusion_rules(),
+                "weights": self.weights,
                 "model": self.weights.get("preset") or Path(str(self.weights.get("path", ""))).name or None}
 
 
-def open_run(device: str = "auto", precision: str = "fp32", fusion: str = "none", weights: Optional[str] = None,
+def open_run(device: str = "auto", precision: str = "fp32", fusion: str = "auto", weights: Optional[str] = None,
              require_weights: bool = False, model: Any = None, identity: Optional[dict] = None) -> Run:
     """The distributed context, and the model loaded (or synthetic, with a notice) and prepared for the device.
 
@@ -71,8 +82,9 @@ def open_run(device: str = "auto", precision: str = "fp32", fusion: str = "none"
     for p in model.parameters():
         p.requires_grad_(False)
     if ctx.is_main:
-        logger.info("model: %s weights on %s, precision %s, fusion %s, %d process(es)",
-                    identity.get("kind"), ctx.device, precision, fusion, ctx.world_size)
+        logger.info("model: %s weights on %s, precision %s, fusion %s (rules: %s), %d process(es)",
+                    identity.get("kind"), ctx.device, precision, fusion, ", ".join(report.enabled) or "none",
+                    ctx.world_size)
     return Run(ctx=ctx, model=model, weights=identity, precision=precision, fusion=fusion, fusion_report=report)
 
 

@@ -2,16 +2,20 @@
 
 Layout (torchvision ``ImageFolder``): ``root/<class>/**/<image>``; classes are the sorted names of the
 sub-folders of ``root`` and the label of an image is the index of its class; images are the files with
-an image extension, walked in sorted order. An image is read as torchvision's default loader does:
-``PIL.Image.open(path).convert("RGB")``.
+an image extension, in torchvision ``make_dataset``'s order: per class, the ``os.walk`` entries sorted by
+their folder path (so ``a-b/`` comes before ``a/b/``, as the path strings sort), the files of each folder
+sorted by name. An image is read as torchvision's default loader does: ``PIL.Image.open(path).convert("RGB")``.
 
 Transforms (the original VTP tools; ``uint8 / 255`` then ``(x - mean) / std`` with the ImageNet constants):
 
 * ``resize`` -- zero-shot: ``Resize((S, S))`` (PIL bilinear, antialiased when shrinking).
 * ``center_crop`` -- reconstruction and latent extraction: the ADM ``center_crop_arr`` recipe.
 * ``resize_center_crop`` -- linear-probe evaluation: shorter side to ``resize`` (bicubic), central ``S x S``.
-* ``random_resized_crop`` -- linear-probe training: scale (0.08, 1), ratio (3/4, 4/3), bicubic, random
-  horizontal flip; the randomness comes from ``seed`` and the sample index, so it is reproducible.
+* ``random_resized_crop`` -- linear-probe training: torchvision ``RandomResizedCrop(S, BICUBIC)`` (scale
+  (0.08, 1), ratio (3/4, 4/3); the box is cropped, then the crop is resized, so no pixel outside the box is
+  read) and ``RandomHorizontalFlip``. The draws follow torchvision's recipe but come from a generator seeded
+  by ``seed``, the epoch and the sample index (reproducible, independent of workers), not from torch's
+  global RNG: the crops are distributed as the original's, not the same crops.
 """
 
 from __future__ import annotations
@@ -54,8 +58,7 @@ def find_samples(root: "str | os.PathLike") -> tuple[list[str], list[tuple[str, 
     empty = []
     for label, name in enumerate(classes):
         found = 0
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames.sort()
+        for dirpath, _, filenames in sorted(os.walk(os.path.join(root, name), followlinks=True)):
             for filename in sorted(filenames):
                 if filename.lower().endswith(IMG_EXTENSIONS):
                     samples.append((Path(dirpath, filename).relative_to(root).as_posix(), label))
@@ -106,7 +109,8 @@ def _center_crop(img: Image.Image, size: int) -> Image.Image:
 
 
 def _random_resized_crop(img: Image.Image, size: int, gen: torch.Generator) -> Image.Image:
-    """torchvision ``RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3), BICUBIC)``."""
+    """torchvision ``RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3), BICUBIC)`` on a PIL image:
+    the box drawn by its ``get_params`` recipe (from ``gen``), ``crop`` to the box, then ``resize``."""
     w, h = img.size
     area = h * w
     log_ratio = (math.log(3 / 4), math.log(4 / 3))
@@ -127,7 +131,7 @@ def _random_resized_crop(img: Image.Image, size: int, gen: torch.Generator) -> I
         else:
             cw, ch = w, h
         top, left = (h - ch) // 2, (w - cw) // 2
-    return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + cw, top + ch))
+    return img.crop((left, top, left + cw, top + ch)).resize((size, size), Image.Resampling.BICUBIC)
 
 
 def to_normalized_tensor(img: Image.Image) -> torch.Tensor:

@@ -6,8 +6,11 @@ input of a classifier using ``n`` blocks is ``cat(cls of the last n blocks, mean
 patch tokens)`` in float32. One linear head (weights N(0, 0.01), bias 0) per ``(n, lr)`` of the grid, lr
 scaled by ``batch * world / 256``; SGD momentum 0.9, no weight decay, cosine schedule to 0 over
 ``epochs * epoch_length`` steps, cross-entropy summed over the heads. Training images:
-RandomResizedCrop(224, bicubic) + flip; evaluation: Resize(256, bicubic) + CenterCrop(224). The result is
-the best head's top-1 on ``root/val`` over the evaluations after every epoch (the original keeps the best). Under torchrun the heads' gradients are averaged
+RandomResizedCrop(224, bicubic) + flip; evaluation: Resize(256, bicubic) + CenterCrop(224). Every head is
+evaluated on ``root/val`` after every epoch. As the original's ``linear_probing_results.json``: ``top1`` is
+the best head's top-1 over all epochs (strictly greater than the best so far, starting from 0),
+``best_classifier`` that head, ``all_accuracies`` every head's top-1 of the *last* epoch; the best
+epoch's table is kept too (``best_epoch_accuracies``). Under torchrun the heads' gradients are averaged
 over the ranks (as DDP does) and every rank sees its own shard of each shuffled pass.
 """
 
@@ -126,7 +129,8 @@ def train_and_evaluate(run: Run, train: ImageFolderDataset, val: ImageFolderData
     progress = Progress(max_iter, "linear-probe train", enabled=ctx.is_main, unit="step")
     heads.train()
     loss_value = float("nan")
-    best, per_epoch, eval_seconds = None, [], 0.0  # best: (top-1, head, epoch) over every epoch's evaluation
+    # the original's bookkeeping: best (top-1, head) over the epochs, strictly above the best so far from 0
+    best, last, per_epoch, eval_seconds = (0.0, "", None, {}), None, [], 0.0
     for step, (images, labels, _) in enumerate(loader):
         blocks = _features(run, images.to(device, non_blocking=True), n_max)
         outputs = heads(blocks)
@@ -153,14 +157,16 @@ def train_and_evaluate(run: Run, train: ImageFolderDataset, val: ImageFolderData
                                   "top1": accuracies[key]})
                 logger.info("epoch %d: loss (sum over %d heads) %.4f, best head %s top-1 %.2f", epoch, len(grid),
                             loss_value, key, accuracies[key])
-                if best is None or accuracies[key] > best[0]:
+                if accuracies[key] > best[0]:
                     best = (accuracies[key], key, epoch, accuracies)
+                last = accuracies
     train_seconds = progress.close() - eval_seconds
-    if best is None:
+    if last is None:
         return None
-    top1, key, epoch, accuracies = best
+    top1, key, epoch, best_accuracies = best
     return {"metrics": {"top1": top1}, "num_samples": n,
-            "extra": {"best_classifier": key, "best_epoch": epoch, "all_accuracies": accuracies,
+            "extra": {"best_classifier": key, "best_epoch": epoch, "all_accuracies": last,
+                      "all_accuracies_epoch": per_epoch[-1]["epoch"], "best_epoch_accuracies": best_accuracies,
                       "per_epoch": per_epoch, "final_train_loss": loss_value},
             "timing": {"train_seconds": train_seconds, "seconds": eval_seconds,
                        "images_per_s_rank0": len(sampler) * max(1, len(per_epoch)) / max(eval_seconds, 1e-9)}}

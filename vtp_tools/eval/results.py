@@ -4,13 +4,16 @@ Schema ``vtp-eval-result`` version 1 (one JSON object, written atomically)::
 
     schema, schema_version   "vtp-eval-result", 1
     task                     "zero-shot" | "linear-probe" | "reconstruction"
-    metrics                  {name: float}: top1, top5 (percent); psnr (dB), ssim, lpips, rfid
+    metrics                  {name: float | None}: top1, top5 (percent; top5 None below 5 classes); psnr (dB),
+                             ssim, lpips, rfid (None when skipped)
     num_samples              images evaluated (each exactly once, whatever the number of processes)
     dataset                  {path, num_images, num_classes, file_list_sha256, transform, image_size}
     weights                  ascend.runtime.load_weights identity ({"kind": "checkpoint", sha256...} | synthetic)
     model                    preset or checkpoint folder name
-    device, device_type, world_size, precision, fusion
-    options                  the task's own settings (class names source, truncation, grid, ...)
+    device, device_type, world_size, precision, fusion (the spec)
+    fusion_rules             {enabled, approximations, modules_patched}: the rules that produced the numbers
+                             (absent in files of older kits; readers must not require it)
+    options                  the task's own settings (class names source, truncation, grid, averaging, ...)
     timing                   {seconds, images_per_s_rank0, ...}
     created                  ISO-8601 UTC time
 
