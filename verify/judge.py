@@ -79,9 +79,16 @@ def judge_call(run, call: str, thresholds: dict, precision: str, patch: int) -> 
     }
 
 
+def same_nonfinite_positions(a, b) -> bool:
+    """True when NaN, +Inf and -Inf sit at the same positions of ``a`` and ``b`` (same shape)."""
+    return bool((a.isnan() == b.isnan()).all() and (a.isposinf() == b.isposinf()).all()
+                and (a.isneginf() == b.isneginf()).all())
+
+
 def repeat_check(run, thresholds: dict, precision: str) -> Optional[dict]:
     """Every later answer to input A (the repeat "A2" and the last warm call) against the first one:
-    bit-identical is deterministic; a difference beyond the threshold repeat_max_abs_scaled fails."""
+    bit-identical is deterministic; a difference beyond the threshold repeat_max_abs_scaled fails, and so
+    does a NaN/Inf that appears, moves or disappears (the finite-only max|a-b| cannot see those)."""
     later = [c for c in ("A2", "warm") if c in run.candidate]
     if not later:
         return None
@@ -96,13 +103,17 @@ def repeat_check(run, thresholds: dict, precision: str) -> Optional[dict]:
                                f"answer {tuple(b.shape)}")
                 continue
             diff = max_abs_error(a, b).value
-            scale = float(b.abs().max()) if b.numel() else 0.0
+            same_nonfinite = same_nonfinite_positions(a, b)  # NaN, +Inf and -Inf must repeat where they were
+            if math.isnan(diff) and same_nonfinite:  # no position finite on both sides, and they agree
+                diff = 0.0
+            finite = b[b.isfinite()]
+            scale = float(finite.abs().max()) if finite.numel() else 0.0
             scaled = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
-            same_nan = bool((a.isnan() == b.isnan()).all())  # NaN positions must repeat too
-            if not same_nan:
+            if not same_nonfinite or not math.isfinite(diff):
                 scaled = math.inf
             detail[f"{call}/{name}"] = {"max_abs": json_float(diff), "max_abs_scaled": json_float(scaled),
-                                        "bit_identical": bool(same_nan and diff == 0), "limit": limit}
+                                        "same_nonfinite_positions": same_nonfinite,
+                                        "bit_identical": bool(same_nonfinite and diff == 0), "limit": limit}
             worst = max(worst, scaled) if not math.isnan(scaled) else math.inf
             if limit is not None and not scaled <= limit:
                 reasons.append(f"[{run.case.id}] {name}: input A answered differently on call {call} than on "
