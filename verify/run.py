@@ -144,8 +144,11 @@ def warm_calls(model, task: str, inputs: dict, device, precision: str, *, warmup
 
 
 def _to_device(inputs: dict, device) -> dict:
+    """A copy of the inputs on ``device``, always new storage: the candidate and the references never share
+    an input tensor (on the CPU ``.to`` alone would hand over the same one), so an in-place operation in one
+    model's kernels cannot feed the other."""
     keys = ("images", "text", "text_features")
-    return {k: (inputs[k].to(device) if inputs.get(k) is not None else None) for k in keys}
+    return {k: (inputs[k].to(device, copy=True) if inputs.get(k) is not None else None) for k in keys}
 
 
 def classifier(model, text, device, precision: str):
