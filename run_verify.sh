@@ -52,8 +52,9 @@ options:
   --reference DIR      judge against the golden set in DIR instead of recomputing the CPU reference (e.g. made
                        on a GPU or a trusted machine); a set of other weights, config or cases is refused
   --fp32-modules FILE  fp16/bf16: keep these modules in fp32 (written by python -m verify.bisection precision)
-  --dataset DIR        also run the task-level certification on an ImageFolder dataset (python -m vtp.eval
-                       zero-shot and reconstruction, compared with the published figures)
+  --dataset DIR        also run VTP's own evaluations on an ImageFolder (python -m vtp_tools.eval zero-shot and
+                       reconstruction): the candidate against the CPU fp32 unfused reference; LPIPS and rFID run
+                       when their weight files are present, the log names the skipped ones and how to enable them
   -h, --help           show this help
 
 Relative paths are taken from the current directory. The interpreter is $PYTHON, else `python` on PATH.
@@ -339,7 +340,8 @@ eval_rc=$rc
 # ---- 4. task-level certification (--dataset) -------------------------------------------------------
 # VTP's own evaluations on the user's ImageFolder dataset: the CPU fp32 unfused reference (original-exact
 # text tower), then the candidate compared with it under ModelZoo-style gates (top-1 drop <= 1 point; PSNR,
-# SSIM, LPIPS, rFID bounds in vtp/eval/results.py). FID and LPIPS need their weight files (see README).
+# SSIM, LPIPS, rFID bounds in vtp_tools/eval/results.py). LPIPS and rFID run when their weight files are
+# present (--metrics-if-present); the skipped ones are named in the log with where to put the file.
 data_rc=0
 if [[ -n "$DATASET" ]]; then
     step "4/4: task-level certification on $DATASET"
@@ -349,12 +351,12 @@ if [[ -n "$DATASET" ]]; then
     ((!REQUIRE_WEIGHTS)) || w_args+=(--require-weights)
     for task in zero-shot reconstruction; do
         extra=() ref_extra=()
-        if [[ "$task" == "reconstruction" ]]; then extra+=(--no-fid --no-lpips); else ref_extra+=(--exact-text); fi
-        run_step --log-too "$PYTHON" -m vtp.eval "$task" --data "$DATASET" "${w_args[@]+"${w_args[@]}"}" \
-            --device cpu --fusion none "${ref_extra[@]+"${ref_extra[@]}"}" "${extra[@]+"${extra[@]}"}" \
+        if [[ "$task" == "reconstruction" ]]; then extra+=(--metrics-if-present); else ref_extra+=(--exact-text); fi
+        run_step --log-too "$PYTHON" -m vtp_tools.eval "$task" --data "$DATASET" "${w_args[@]+"${w_args[@]}"}" \
+            --device cpu --precision fp32 --fusion none "${ref_extra[@]+"${ref_extra[@]}"}" "${extra[@]+"${extra[@]}"}" \
             --out "$OUT/eval/$task-reference.json" -q
         if ((rc == 0)); then
-            run_step --log-too "$PYTHON" -m vtp.eval "$task" --data "$DATASET" "${w_args[@]+"${w_args[@]}"}" \
+            run_step --log-too "$PYTHON" -m vtp_tools.eval "$task" --data "$DATASET" "${w_args[@]+"${w_args[@]}"}" \
                 --device "$DEVICE" --precision "$PRECISION" --fusion="$FUSION" "${extra[@]+"${extra[@]}"}" \
                 --out "$OUT/eval/$task.json" --compare-to "$OUT/eval/$task-reference.json" -q
         fi

@@ -54,3 +54,11 @@ def test_old_commands_are_shims_for_the_new(old, new):
             for m in (old, new)]
     assert [o.returncode for o in outs] == [0, 0], outs[0].stderr[-1000:]
     assert outs[0].stdout == outs[1].stdout and f"python -m {new}" in outs[0].stdout
+
+
+def test_run_verify_dataset_runs_every_metric_it_can():
+    """run_verify.sh --dataset: reconstruction with every metric whose network file is present (it was
+    --no-fid --no-lpips), the reference at the fp32 the comparison assumes (the tool's default is now bf16)."""
+    block = (ROOT / "run_verify.sh").read_text().split("# ---- 4. task-level certification")[1].split("# ---- verdict")[0]
+    assert "--metrics-if-present" in block and "--no-fid" not in block and "--no-lpips" not in block
+    assert "--device cpu --precision fp32 --fusion none" in block and "-m vtp_tools.eval" in block

@@ -127,3 +127,19 @@ def test_cli_missing_inception_exits_2(tmp_path, tiny_checkpoint, capsys, monkey
     assert main(["reconstruction", "--data", str(root), "--weights", str(tiny_checkpoint), "--device", "cpu",
                  "--no-lpips", "--out", str(tmp_path / "r.json")]) == 2
     assert "pt_inception-2015-12-05-6726825d.pth" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+
+
+def test_metrics_if_present_skips_missing_networks_and_says_how(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    """bash run_verify.sh --dataset's mode: every metric whose network file is present, the others named as
+    skipped with where to put the file (before, it ran with --no-fid --no-lpips whatever was present)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "nothing"))
+    monkeypatch.delenv("VTP_METRIC_WEIGHTS", raising=False)
+    root = make_image_folder(tmp_path / "ds", per_class=1)
+    out = tmp_path / "rec.json"
+    assert main(["reconstruction", "--data", str(root), "--weights", str(tiny_checkpoint), "--device", "cpu",
+                 "--workers", "0", "--image-size", "32", "--metrics-if-present", "--out", str(out), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "lpips skipped" in err and "rfid skipped" in err and "VTP_METRIC_WEIGHTS" in err
+    r = json.loads(out.read_text())
+    assert set(r["options"]["metrics_skipped"]) == {"lpips", "rfid"} and r["metrics"]["lpips"] is None
+    assert "pt_inception-2015-12-05-6726825d.pth" in r["options"]["metrics_skipped"]["rfid"]

@@ -180,7 +180,8 @@ def extract(args) -> int:
                 "limit": args.limit, "weights": run.weights, "weights_sha256": run.weights.get("sha256"),
                 "image_size": dataset.size, "shard_size": args.shard_size, "precision": args.precision,
                 "fusion": args.fusion, "fusion_rules": run.fusion_rules(),
-                "tf32": args.tf32 if run.device.type == "cuda" else None, "num_samples": n, "keys": ["latents", "latents_flip", "labels", "indices"]}
+                "tf32": args.tf32 if run.device.type == "cuda" else None, "num_samples": n,
+                "keys": ["latents", "latents_flip", "labels", "indices"]}
     _check_manifest(out, manifest)
     barrier(ctx)
     if ctx.is_main:
@@ -247,13 +248,13 @@ def extract(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    epilog = ("example:\n  torchrun --nproc_per_node 8 -m vtp_tools.extract --data /data/imagenet/train "
+              "--out latents/vtp-s --weights weights/VTP-Small-f16d64\n"
+              "  (rerun the same command after an interruption: finished shards are kept)\n"
+              "Defaults are the original generation/tools/extract_features_vtp.py's with the shipped "
+              "configs/train_vtp_*_dit_xl.yaml;\neach option's help names the original's setting.")
     p = argparse.ArgumentParser(prog="python -m vtp_tools.extract", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
-                                    "example:\n  torchrun --nproc_per_node 8 -m vtp_tools.extract --data /data/imagenet/train "
-                                    "--out latents/vtp-s --weights weights/VTP-Small-f16d64\n"
-                                    "  (rerun the same command after an interruption: finished shards are kept)\n"
-                                    "Defaults are the original generation/tools/extract_features_vtp.py's with the shipped "
-                                    "configs/train_vtp_*_dit_xl.yaml;\neach option's help names the original's setting."))
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
     p.add_argument("--data", required=True, help="ImageFolder root (original: data.raw_image_path of the config)")
     p.add_argument("--out", required=True,
                    help="output folder for shards, manifest and latents_stats.pt (original: train.output_dir"

@@ -56,7 +56,8 @@ def _add_common(parser: argparse.ArgumentParser, task: str) -> None:
                         help=f"autocast precision (default: {precision}, the original's --precision default{extra})")
     parser.add_argument("--fusion", default="auto",
                         help="fusion rules (ascend.fusion): auto (default) = only the exact rules, so the numbers "
-                             "are the unfused model's (every rule runs its torch math off the NPU; on the NPU ULP-level "
+                             "are the unfused model's (every rule runs its torch math off the NPU; on the NPU "
+                             "ULP-level "
                              "kernel differences); all = auto plus approximations (gelu: tanh GELU, up to 4.7e-4 per "
                              "element); none; 'gelu,layernorm'; '-gelu,-rope'; file.yaml (write --fusion=-gelu with "
                              "'='). The original has no fusion. The result records the rules (fusion_rules)")
@@ -84,7 +85,8 @@ def _add_common(parser: argparse.ArgumentParser, task: str) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the shuffling and random crops (default: 0; used by linear-probe only; the "
                              "original seeds neither, its DistributedSampler uses seed 0)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and the result line only (default: off; the original always prints progress)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="warnings and the result line only (default: off; the original always prints progress)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip rFID, no Inception weights needed (default: off; original: --no_save_images)")
     rc.add_argument("--no-lpips", action="store_true",
                     help="skip LPIPS, no VGG weights needed (default: off; the original always computes it)")
+    rc.add_argument("--metrics-if-present", action="store_true",
+                    help="compute LPIPS and rFID only when their weight files are found, and say which were skipped "
+                         "and how to enable them (default: off, a missing file is an error; the original downloads "
+                         "them; bash run_verify.sh --dataset uses this)")
     rc.add_argument("--average", default="original", choices=("original", "images"),
                     help="original (default): as the original, SSIM and LPIPS the mean of batch means and, under "
                          "torchrun, of the processes' means (DistributedSampler's padded duplicates counted); "
@@ -181,18 +187,30 @@ def _datasets(args):
 
 
 def _metric_nets(args) -> tuple:
-    """(lpips net, fid net, identities) for reconstruction; located and verified before any model work."""
-    if args.task != "reconstruction":
-        return None, None, {}
-    from .metrics import load_fid_inception, load_lpips
+    """(lpips net, fid net, identities, skipped) for reconstruction; located and verified before any model work.
 
-    lp = fid = None
-    ids = {}
-    if not args.no_lpips:
-        lp, ids["lpips"] = load_lpips(args.vgg, args.lpips)
-    if not args.no_fid:
-        fid, ids["inception"] = load_fid_inception(args.inception)
-    return lp, fid, ids
+    ``skipped`` maps a metric to why it is not computed and how to enable it (``--no-*`` options, and with
+    ``--metrics-if-present`` the networks whose weight files are missing)."""
+    if args.task != "reconstruction":
+        return None, None, {}, {}
+    from .metrics import MetricWeightsMissing, load_fid_inception, load_lpips
+
+    nets = {"lpips": None, "rfid": None}
+    ids, skipped = {}, {}
+    loaders = (("lpips", args.no_lpips, "--no-lpips", lambda: load_lpips(args.vgg, args.lpips), "lpips"),
+               ("rfid", args.no_fid, "--no-fid", lambda: load_fid_inception(args.inception), "inception"))
+    for metric, off, option, load, key in loaders:
+        if off:
+            skipped[metric] = f"{option} given"
+            continue
+        try:
+            nets[metric], ids[key] = load()
+        except MetricWeightsMissing as exc:
+            if not args.metrics_if_present:
+                raise
+            skipped[metric] = f"weight file missing, to enable it: {exc}"
+            print(f"reconstruction: {metric} skipped: {exc}", file=sys.stderr)
+    return nets["lpips"], nets["rfid"], ids, skipped
 
 
 def run(args, model=None, identity=None) -> int:
@@ -206,7 +224,7 @@ def run(args, model=None, identity=None) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
     data, val = _datasets(args)
     reference = results.reference_for(args.compare_to, args.task) if args.compare_to else None
-    lpips_net, fid_net, metric_ids = _metric_nets(args)
+    lpips_net, fid_net, metric_ids, metrics_skipped = _metric_nets(args)
     templates = list(OPENAI_IMAGENET_TEMPLATES)
     if args.task == "zero-shot" and args.templates != "openai":
         templates = _read_lines(args.templates, "--templates")
@@ -234,8 +252,7 @@ def run(args, model=None, identity=None) -> int:
         data.size = size
         out = reconstruction.evaluate(r, data, args.batch_size, args.workers, args.limit, lpips_net, fid_net,
                                       average=args.average)
-        skipped = [m for m, off in (("rfid", args.no_fid), ("lpips", args.no_lpips)) if off]
-        options.update(metric_weights=metric_ids, metrics_skipped=skipped)
+        options.update(metric_weights=metric_ids, metrics_skipped=metrics_skipped)
         identity_data = data.identity()
     else:
         lrs = _floats(args.learning_rates, "--learning-rates") if args.learning_rates else None
