@@ -235,22 +235,27 @@ def test_shipped_profiles_cover_what_the_verdict_needs():
     assert 1 in quick["batches"] and len(quick["sizes"]) >= 2
 
 
-def test_every_case_and_call_gets_images_of_its_own():
-    from verify.cases import build_plan, load_cases, make_case_inputs
-    from vtp import VTPConfig
-    from vtp.tokenizers import get_tokenizer
+def test_every_image_of_every_call_is_new_input_on_the_production_path(tmp_path, tiny_checkpoint, cases_file):
+    """The inputs the harness really ran (read back from its golden set): no image is used twice, in any
+    case or call; the natural sample image may be image 0 of call A only."""
+    from safetensors.torch import load_file
 
-    plan = build_plan(load_cases(), "quick", VTPConfig.from_preset("VTP-Small-f16d64"))
-    tok = get_tokenizer()
-    seen = []
-    for case in plan.cases:
-        if case.task == "clip_text" or case.batch != 1 or case.height != 256:
-            continue
-        for call in ("A", "B"):
-            images = make_case_inputs(plan, case, call, tok)["images"]
-            assert all(not torch.equal(images, other) for other in seen), (case.id, call)
-            seen.append(images)
-    assert len(seen) == 6  # reconstruction, clip, ssl x calls A and B
+    code, summary = run(tmp_path, tiny_checkpoint, cases_file, "--no-timing", "--save-golden", str(tmp_path / "g"))
+    assert code == 0, summary["overall"]["reasons"]
+    inputs = load_file(str(tmp_path / "g" / "inputs.safetensors"))
+    images = [(key, i, batch[i]) for key, batch in sorted(inputs.items()) if key.endswith("/images")
+              for i in range(batch.shape[0])]
+    assert any(key.startswith("clip/b1/") for key, _, _ in images)  # the case the old harness replayed
+    natural = {(key, i) for key, i, _ in images if key.startswith("clip/") and key.endswith("@A/images") and i == 0}
+    for n, (key, i, image) in enumerate(images):
+        for other_key, j, other in images[n + 1:]:
+            if {(key, i), (other_key, j)} <= natural:  # the sample picture, image 0 of each clip case's call A
+                continue
+            assert image.shape != other.shape or not torch.equal(image, other), (key, i, other_key, j)
+    texts = {key: t for key, t in inputs.items() if key.startswith("clip_text/")}
+    for key, t in texts.items():
+        if key.endswith("@A/text"):
+            assert not torch.equal(t, texts[key.replace("@A/", "@B/")]), key
 
 
 def test_selftest_reports_the_harness_sound(tiny_checkpoint, cases_file, capsys):

@@ -212,7 +212,9 @@ def input_seed(case_id: str, call: str) -> int:
 
 
 def case_images(case: Case, call: str, first_image=None):
-    """(images (B, 3, H, W) ImageNet-normalised, descriptions). ``first_image`` (PIL) replaces image 0."""
+    """(images (B, 3, H, W) ImageNet-normalised, descriptions). ``first_image`` (PIL, a natural picture)
+    replaces image 0 of call A only: every other call gets images of its own, so that a candidate that
+    replays an earlier answer cannot pass call B."""
     import torch
 
     from vtp.image import make_sample_image, preprocess
@@ -221,7 +223,7 @@ def case_images(case: Case, call: str, first_image=None):
     images, described = [], []
     side = max(case.height, case.width)
     for i in range(case.batch):
-        if i == 0 and first_image is not None:
+        if i == 0 and first_image is not None and call == "A":
             pil, what = first_image, "the sample image"
         else:  # a square sample image, its centre cropped to the case's shape
             top, left = (side - case.height) // 2, (side - case.width) // 2
