@@ -165,6 +165,17 @@ def copy_gbps(device, direction: str, megabytes: Optional[int] = None, budget_s:
             "counted": "read + write bytes" if direction == "d2d" else "bytes moved, one direction"}
 
 
+def compare_to_peak(label: str, value, part: Optional[dict], peak_key: str, flag_fraction: float) -> tuple:
+    """({"peak", "fraction_of_peak", "flagged"}, the flag line or None) of one achieved figure against the
+    published peak ``part[peak_key]`` (no part or no peak: no fraction, never flagged)."""
+    peak = part.get(peak_key) if part else None
+    fraction = value / peak if (value is not None and peak) else None
+    flagged = fraction is not None and fraction < flag_fraction
+    line = (f"{label}: {value:.3g} is {fraction:.0%} of the published {peak:g} ({part['name']}, {part['source']}), "
+            f"below the flag fraction {flag_fraction:g}") if flagged else None
+    return {"peak": peak, "fraction_of_peak": fraction, "flagged": flagged}, line
+
+
 def spot_checks(device, peaks: Optional[dict] = None, dtypes=DTYPES, budget_s: float = 0.3) -> dict:
     """The ``spot_checks`` section: matmul TFLOPS per dtype, copy GB/s per direction, each with the published
     peak, the fraction of it, and a flag under the table's flag_fraction (none on the CPU)."""
@@ -176,13 +187,10 @@ def spot_checks(device, peaks: Optional[dict] = None, dtypes=DTYPES, budget_s: f
     figures, flags = {}, []
 
     def judged(key: str, value, peak_key: str):
-        peak = part.get(peak_key) if part else None
-        fraction = value / peak if (value is not None and peak) else None
-        flagged = fraction is not None and fraction < frac
-        if flagged:
-            flags.append(f"{key}: {value:.3g} is {fraction:.0%} of the published {peak:g} "
-                         f"({part['name']}, {part['source']}), below the flag fraction {frac:g}")
-        return {"peak": peak, "fraction_of_peak": fraction, "flagged": flagged}
+        result, flag = compare_to_peak(key, value, part, peak_key, frac)
+        if flag:
+            flags.append(flag)
+        return result
 
     for dtype in dtypes:
         m = matmul_tflops(device, dtype, budget_s=budget_s)
