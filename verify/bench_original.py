@@ -546,7 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  /tmp/origvenv/bin/pip install 'transformers==4.57.1'\n"
                "  /tmp/origvenv/bin/python -m verify.bench_original --original-repo /tmp/vtp_orig --iters 10\n"
                "  /tmp/origvenv/bin/python -m verify.bench_original --original-repo /tmp/vtp_orig "
-               "--weights weights/VTP-Small-f16d64 --profile\n\n"
+               "--weights weights/VTP-Small-f16d64 --profile\n"
+               "  /tmp/origvenv/bin/python -m verify.bench_original --original-repo /tmp/vtp_orig --tools "
+               "--data /data/imagenet/val --limit 500 --skip-speed\n\n"
                "exit status: 0 parity and speed hold, 1 they do not, 2 the original cannot be imported",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--original-repo", required=True, type=Path,
@@ -570,12 +572,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-all", action="store_true", help="profile every task")
     p.add_argument("--skip-speed", action="store_true", help="parity only")
     p.add_argument("--json", type=Path, default=None, help="also write all results to this JSON file")
+    p.add_argument("--tools", action="store_true",
+                   help="also check VTP's tools (vtp_tools.parity): on the ImageFolder --data, per-image zero-shot "
+                        "predictions, latents' relative L2 and PSNR/SSIM of ours against the original tools' recipe "
+                        "on the original model")
+    p.add_argument("--data", type=Path, default=None, help="ImageFolder for --tools (class folders, images inside)")
+    p.add_argument("--limit", type=int, default=None, help="--tools: only the first N images (default: all)")
+    p.add_argument("--templates", type=int, default=80,
+                   help="--tools: the first N of the 80 zero-shot templates (default 80, the original's; fewer is "
+                        "faster: 1000 x N prompts go through both text towers)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
+def run_tools_parity(ours, orig_model, orig, args) -> bool:
+    """``--tools``: print the per-image agreement of vtp_tools with the original tools' recipe; True when the
+    zero-shot predictions all agree (the latents and PSNR/SSIM differences are printed for judgement)."""
+    from vtp_tools import parity
+
+    names, templates = parity.read_zero_shot_data(orig.repo / "tools" / "test_zero_shot_hf.py")
+    side = parity.OriginalSide(orig_model, orig.tokenizers.get_tokenizer(
+        "ViT-B-32", context_length=orig_model.config.text_context_length), names, templates[:args.templates],
+        parity.load_center_crop_arr(orig.repo))
+    result = parity.compare_tools(ours, side, args.data, limit=args.limit)
+    print()
+    print(parity.format_report(result))
+    s = result["summary"]
+    return s["zero_shot_same_prediction"] == s["images"]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.tools and (args.data is None or not args.data.is_dir()):
+        print(f"error: --tools needs --data DIR, an ImageFolder (got {args.data})", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("dinov3", "dinov3_pixel_decoder", "root", "transformers"):
@@ -622,6 +652,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print()
         print(format_parity(prows, args.tol))
         parity_ok = all(r.ok for r in prows)
+        if args.tools:
+            tools_ok = run_tools_parity(ours, orig_model, orig, args)
+            parity_ok = parity_ok and tools_ok
 
         speed_ok, trows, load, slower = True, [], None, []
         if not args.skip_speed:
