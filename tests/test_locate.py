@@ -45,7 +45,7 @@ def _candidate(reference, fault=None, fusion="all"):
 
 def test_clean_fused_candidate_has_no_divergence(reference, inputs, thresholds):
     result = locate(reference, _candidate(reference), inputs, device="cpu", precision="fp32", thresholds=thresholds)
-    assert result["schema"] == "vtp-divergence/1"
+    assert result["schema"] == "vtp-divergence/2" and result["verdict"] == "PASS"
     assert result["first_divergent"] is None and result["first_nonfinite"] is None
     assert set(result["per_task"]) == {"reconstruction", "clip", "ssl"}
     assert all(info["unmatched"] == 0 and info["error"] is None for info in result["per_task"].values())

@@ -1,8 +1,17 @@
-"""The divergence file (``divergence.json``, schema ``vtp-divergence/1``): what the localisation found.
+"""The divergence file (``divergence.json``, schema ``vtp-divergence/2``): what the localisation found.
 
 verify.locate produces the result (its docstring lists the fields); this module is the file format and
 its readers: the writer, the console lines, and the error-along-depth plot that the report, the harness
 and ``python -m verify.locate`` all use.
+
+Changes from vtp-divergence/1: every module output and every module's inputs are judged by the verdict's
+own code (``layers[].gates``, ``layers[].failed[].gate``); ``inputs_agree`` is measured for every module call
+or absent (never defaulted); ``verdict`` (PASS/FAIL: any module or task output failing); ``first_divergent``
+gains ``scope`` ("module": inside a module whose inputs agree; "between": in the own code of ``enclosing``
+between the two named children ``between`` = [last child whose output agrees, first child whose inputs
+differ]; "before_first_module": the inputs of the task's first module already differ; "unresolved": a failing
+child whose inputs could not be paired), ``enclosing``, ``between``, ``gate`` and ``explanation``;
+``same_precision_reference`` (fp16/bf16: the ratio gates were applied); ``outputs[].reasons``.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from pathlib import Path
 
 from verify.plots import figure_png, matplotlib_pyplot
 
-SCHEMA = "vtp-divergence/1"
+SCHEMA = "vtp-divergence/2"
 
 
 def _d(x) -> dict:
@@ -39,10 +48,18 @@ def summary_lines(result: dict) -> list:
     fd, fn = result.get("first_divergent"), result.get("first_nonfinite")
     lines = []
     if fd:
-        lines.append(f"first divergent module: {fd['module']} ({fd['class']}, task {fd['task']}, case {fd['case']}, "
-                     f"call {fd['call']}): {fd['metric']} {_num(fd['value'])} vs threshold {fd['threshold']}"
-                     + ("" if fd["inputs_agree"] else "; its inputs already differ: the error enters in code that "
-                                                      "is not a module, just before it"))
+        cls = f"{fd['class']}, " if fd.get("class") else ""
+        call = f", call {fd['call']}" if fd.get("call") is not None else ""
+        lines.append(f"first divergent module: {fd['module']} ({cls}task {fd['task']}, case {fd['case']}{call}): "
+                     f"{fd.get('gate') or fd['metric']} {_num(fd['value'])} vs threshold {fd['threshold']}")
+        if fd.get("explanation"):
+            lines.append(f"  where: {fd['explanation']}")
+        elif "inputs_agree" in fd and not fd["inputs_agree"]:  # a vtp-divergence/1 file
+            lines.append("  its inputs already differ: the error enters in code that is not a module, just before it")
+    elif result.get("verdict") == "FAIL":
+        bad = [f"{o['task']}/{o['tensor']}" for o in result.get("outputs", []) if o.get("verdict") == "FAIL"]
+        lines.append("first divergent module: none inside the model, but the task outputs fail the verdict's gates ("
+                     + ", ".join(bad) + "): the error shows only in the outputs' own gates (e.g. max_rel_err)")
     else:
         lines.append("first divergent module: none (every module output within the gates)")
         if result.get("suspect"):

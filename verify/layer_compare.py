@@ -1,6 +1,16 @@
-"""Module-output comparison for verify.locate, streamed: statistics of each side and the verdict's metrics
-(relative L2, cosine, max |a-b| relative to the reference's scale, NaN/Inf) computed chunk by chunk
-(CHUNK elements at a time, float64), so that no module output is ever held twice in float64."""
+"""Module-output comparison for verify.locate and verify.bisection: the verdict's own judging, and cheap statistics.
+
+- `judge_tensor` judges one candidate/reference pair with exactly the verdict's code: `verify.judge.compare_one`
+  (the record, the tolerance of the thresholds, the row layout of the tensor's name) and `verify.verdict.judge`
+  (the gates), with the same-precision reference's own errors for the fp16/bf16 error-ratio gates. A module
+  output's name is a module name, so its rows are its last dimension (a token's or a position's features); the
+  task outputs (latents, reconstructed_image, ...) get the verdict's layouts (latent position, 16x16 tile).
+- `module_failures` reads a judged pair the way localisation does: every failed gate is decisive except
+  ``max_rel_err`` (the mean elementwise relative error, recorded only: intermediate activations full of
+  near-zero values flag approximations that the final outputs absorb, the tanh GELU of the fusion layer).
+- `compare_pair` streams the statistics of each side (and the basic metrics) chunk by chunk (CHUNK elements
+  at a time, float64) for the report's tables.
+"""
 
 from __future__ import annotations
 
@@ -140,6 +150,76 @@ def compare_pair(a, b) -> dict:
     metrics = {k: json_float(v) for k, v in metrics.items()}
     metrics["candidate_only_nonfinite"], metrics["reference_only_nonfinite"] = c_only, r_only
     return {"candidate": ca.to_dict(), "reference": cb.to_dict(), "shape_mismatch": False, "metrics": metrics}
+
+
+# Gates the verdict applies that localisation records but does not decide on (see the module docstring).
+NOT_DECISIVE_IN_MODULES = ("max_rel_err",)
+
+
+class MissingReference(ValueError):
+    """A gate needs an input the caller did not give (the same-precision reference of an fp16/bf16 run)."""
+
+
+def same_precision_errors(name: str, same, reference, patch: int) -> dict:
+    """The same-precision reference's own errors to the fp32 reference, as `verify.judge.compare_one` attaches
+    them (``record["metrics"]["same_precision"]``): relative L2 and the worst row in the tensor's row layout."""
+    from verify.judge import row_layout
+    from verify.metrics import relative_l2_error, row_relative_errors
+
+    rows = row_relative_errors(same, reference, row_layout(name, patch))
+    return {"relative_l2_error": json_float(relative_l2_error(same, reference)),
+            "row_relative_error": {"max": json_float(float(rows.max()) if rows.numel() else math.nan)}}
+
+
+def judge_tensor(name: str, candidate, reference, thresholds, precision: str, patch: int, *,
+                 same_precision=None, same_errors=None, require_same: bool = True) -> dict:
+    """`verify.verdict.judge`'s output for one pair, its record under "metrics", made as the verdict makes it.
+
+    ``same_precision``: the same-precision reference's tensor, or ``same_errors``: its errors already measured
+    (`same_precision_errors`). When the thresholds have an error-ratio gate (fp16/bf16) and neither is given,
+    MissingReference is raised (``require_same``) or the result says ``"not_judged": ["max_error_ratio"]``:
+    never a silent skip of that gate.
+    """
+    from verify.judge import compare_one
+    from verify.verdict import judge
+
+    limits = gate_limits(thresholds, precision, name)
+    table = isinstance(thresholds, dict) and "precisions" in thresholds
+    needs_same = limits.get("max_error_ratio") is not None
+    if needs_same and same_precision is None and same_errors is None and require_same:
+        raise MissingReference(f"{name}: the {precision} error-ratio gate (max_error_ratio) needs the same-precision "
+                               f"reference (the reference model on the CPU at {precision}); none was given")
+    if same_precision is not None and same_precision.shape != reference.shape:
+        same_precision = None
+    record = compare_one(name, candidate, reference, limits, patch, same_precision)
+    if same_errors is not None and record["metrics"] is not None and same_precision is None:
+        record["metrics"]["same_precision"] = same_errors
+    judged = judge(record, thresholds if table else limits, precision=precision if table else None)
+    judged["metrics"] = record
+    if needs_same and record["metrics"] is not None and "same_precision" not in record["metrics"]:
+        judged["not_judged"] = ["max_error_ratio"]
+    return judged
+
+
+def module_failures(judged: dict) -> list:
+    """[{"gate", "metric", "value", "threshold"}] that decide a module output: every failed gate of the verdict
+    but NOT_DECISIVE_IN_MODULES, plus "nonfinite"/"shape"/"metrics" for a reason that is not a gate."""
+    failed = [g for g in judged["gates"] if not g["passed"]]
+    out = [{"gate": g["gate"], "metric": g["metric"], "value": g["value"], "threshold": g["threshold"]}
+           for g in failed if g["gate"] not in NOT_DECISIVE_IN_MODULES]
+    extra = len(judged["reasons"]) - len(failed)  # reasons without a gate: NaN/Inf, shape, missing metrics
+    if extra > 0:
+        rec = judged.get("metrics") or {}
+        mm = rec.get("nonfinite_mismatch") or {}
+        if rec.get("shape_mismatch"):
+            out.insert(0, {"gate": "shape", "metric": "shape", "value": rec["candidate"]["shape"],
+                           "threshold": rec["reference"]["shape"]})
+        elif any(mm.get(k) for k in ("candidate_only", "kind_differs", "reference_only")) or rec.get("nonfinite_present"):
+            out.insert(0, {"gate": "nonfinite", "metric": "nonfinite", "value": mm.get("candidate_only", 0),
+                           "threshold": 0})
+        else:
+            out.insert(0, {"gate": "metrics", "metric": "metrics", "value": judged["reasons"][0], "threshold": None})
+    return out
 
 
 def gate_limits(thresholds, precision: str, name=None) -> dict:

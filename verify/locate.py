@@ -64,14 +64,14 @@ if __package__ in (None, ""):  # run as `python verify/locate.py`
 
 GROWTH_DEPTH = 3  # modules with at most 3 name parts (trunk.blocks.7, pixel_decoder.norm) make the depth table
 AHEAD = 2  # outputs a side may leave unmatched before it waits for the other side
-INPUT_CHECKS = 50  # failing modules per task whose inputs are compared (the search for the first divergent)
 EXIT_NONE, EXIT_FOUND, EXIT_ENV = 0, 1, 2
 _SKIP_CLASSES = ("Identity", "ModuleList", "Dropout")
 
 logger = logging.getLogger("verify.locate")
 
 
-from verify.layer_compare import compare_pair, failed_gates, gate_limits, output_tensors  # noqa: E402
+from verify.layer_compare import (compare_pair, gate_limits, judge_tensor, module_failures,  # noqa: E402
+                                  output_tensors, same_precision_errors)
 from verify.metrics import json_float  # noqa: E402
 from verify.divergence import SCHEMA, error_vs_depth_png, growth_lines, summary_lines, write_divergence  # noqa: E402,F401
 
@@ -131,14 +131,17 @@ def _depth(name: str) -> int:
 def locate(reference, candidate, inputs: dict, *, device, precision: str, thresholds, tasks=None,
            full_tensors=(), case=None) -> dict:
     """Compare every module of ``candidate`` with ``reference`` for ``inputs`` and return the
-    vtp-divergence/1 dict (see the module docstring).
+    vtp-divergence/2 dict (see the module docstring).
 
     inputs: {"images": (B, 3, H, W) ImageNet-normalised, "text": LongTensor (P, L)}. device/precision:
-    the candidate's (the reference always runs on the CPU in strict fp32). thresholds: a table from
+    the candidate's (the reference always runs on the CPU in strict fp32; for fp16/bf16 a copy of it also runs
+    on the CPU at that precision: the same-precision reference of the ratio gates). thresholds: a table from
     verify.verdict.load_thresholds or a flat dict of limits. tasks: names of verify.run.TASKS
     (default: every task the reference's config can run). full_tensors: module names whose full
     outputs are kept (result["tensors"], written by write_divergence as a safetensors file).
     """
+    import copy
+
     import torch
 
     from ascend.device import restore_fp32_state, set_strict_fp32, strict_fp32
@@ -159,64 +162,209 @@ def locate(reference, candidate, inputs: dict, *, device, precision: str, thresh
     missing = [n for n in full_tensors if n not in ref_modules]
     if missing:
         raise ValueError(f"full_tensors: no module named {missing} in the model")
+    same_model = copy.deepcopy(reference) if limits.get("max_error_ratio") is not None else None
+    ctx = {"precision": precision, "thresholds": thresholds, "patch": reference.config.vision_patch_size,
+           "device": device, "run_tasks": run_tasks, "names": names, "keep": set(full_tensors)}
     t0 = time.perf_counter()
     result = {"schema": SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "device": str(device), "precision": precision, "case": case, "tasks": list(tasks),
-              "gates": {k: limits.get(k) for k in ("max_rel_l2", "min_cosine", "max_abs_scaled")},
-              "gates_note": "per module: relative_l2_error > max_rel_l2, cosine_similarity < min_cosine, "
-                            "max|a-b|/max|b| > max_abs_scaled (when the table has it), or NaN/Inf where the "
-                            "reference is finite; relative_error_mean is recorded, not decisive",
-              "memory_note": "layer-synchronous: one output per side held at a time, compared in 2**20-element "
-                             "chunks; statistics only", "first_divergent": None, "first_nonfinite": None,
+              "gates": {k: v for k, v in limits.items() if v is not None},
+              "gates_note": GATES_NOTE, "same_precision_reference": same_model is not None,
+              "memory_note": "layer-synchronous: one output per side held at a time; each pair judged by the "
+                             "verdict's code (float64 copies of that pair only)",
+              "verdict": "PASS", "first_divergent": None, "first_nonfinite": None,
               "suspect": None, "per_task": {}, "outputs": [], "growth": {}, "layers": [], "tensors": {}}
     strict = set_strict_fp32(device, True) if precision == "fp32" and device.type != "cpu" else None
     try:
         with strict_fp32(torch.device("cpu")):
             for task in tasks:
-                _locate_task(result, task, case, reference, candidate, images, text, device, precision, limits,
-                             set(full_tensors), names, ref_modules, cand_modules, run_tasks, {task: TASKS[task]},
-                             lambda tensor: gate_limits(thresholds, precision, tensor))
+                plan = {task: TASKS[task]}
+                same = None
+                if same_model is not None:  # pass 1: the same-precision reference's own errors, per module call
+                    same = _same_precision_pass(same_model, reference, images, text, plan, ctx)
+                _locate_task(result, task, case, reference, candidate, images, text, plan, ctx, same)
     finally:
         if strict is not None:
             restore_fp32_state(strict)
     for task in tasks:
         info = result["per_task"][task]
-        if result["first_divergent"] is None or (not result["first_divergent"]["inputs_agree"]
-                                                 and info["first_divergent"] and info["first_divergent"]["inputs_agree"]):
-            result["first_divergent"] = info["first_divergent"] or result["first_divergent"]
+        result["first_divergent"] = result["first_divergent"] or info["first_divergent"]
         result["first_nonfinite"] = result["first_nonfinite"] or info["first_nonfinite"]
+        if info["verdict"] != "PASS":
+            result["verdict"] = "FAIL"
     if result["first_divergent"] is None:
         result["suspect"] = _suspect(result["layers"])
     result["elapsed_s"] = round(time.perf_counter() - t0, 3)
     return result
 
 
-def _locate_task(result, task, case, reference, candidate, images, text, device, precision, limits, keep, names,
-                 ref_modules, cand_modules, run_tasks, plan, tensor_limits) -> None:
+GATES_NOTE = ("per module output and per module input: the verdict's own judging (verify.judge.compare_one + "
+              "verify.verdict.judge) with the precision's thresholds: relative_l2_error, cosine_similarity, the worst "
+              "row (rows = the last dimension for module tensors), the share of elements over tolerance, max|a-b|/"
+              "max|b|, NaN/Inf, and for fp16/bf16 the error ratio against the same-precision CPU reference; "
+              "relative_error_mean is recorded, not decisive, inside the model. The task outputs are judged exactly "
+              "as the verdict judges them (its row layouts: latent position, 16x16 tile, token).")
+
+
+def _tensors_of(args, kwargs) -> list:
+    """The tensors a module was called with, positional then keyword (one level into tuples/lists/dicts)."""
+    return output_tensors(list(args) + list((kwargs or {}).values()))
+
+
+def _paired_run(plan, images, text, sides, names, on_pair, on_unmatched, device):
+    """Run ``sides`` = ((model, device, precision), (model, device, precision)) layer-synchronously with a
+    hook on every module named in ``names``; returns (outputs per side, error text per side)."""
     import torch
 
-    info = {"first_divergent": None, "first_nonfinite": None, "compared": 0, "unmatched": 0, "error": None}
+    rv = _Rendezvous(on_pair, on_unmatched)
+    handles, outputs, errors = [], [None, None], [None, None]
+    for side, (model, _, _) in enumerate(sides):
+        modules = dict(model.named_modules())
+        counters, seq, starts = {}, [0], {}
+        for name in names:
+            if type(modules[name]).__name__ in _SKIP_CLASSES:
+                continue
+
+            def pre(module, args, kwargs, name=name, seq=seq, starts=starts):
+                seq[0] += 1
+                starts.setdefault(name, []).append(seq[0])
+
+            def hook(module, args, kwargs, output, name=name, side=side, counters=counters, seq=seq, starts=starts):
+                call = counters.get(name, 0)
+                counters[name] = call + 1
+                start = starts[name].pop() if starts.get(name) else None
+                inp = _tensors_of(args, kwargs)
+                for i, t in enumerate(x for x in output_tensors(output) if x.is_floating_point()):
+                    seq[0] += 1
+                    rv.post(side, (name, call, i), {"out": t, "inp": inp, "seq": seq[0], "start": start})
+
+            handles.append(modules[name].register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(modules[name].register_forward_hook(hook, with_kwargs=True))
+
+    def run(side):
+        model, dev, prec = sides[side]
+        try:
+            if dev.type in ("cuda", "npu"):
+                getattr(torch, dev.type).set_device(dev)
+            from verify.run import run_tasks
+
+            outputs[side] = run_tasks(model, images, text, dev, prec, plan)
+        except Exception as exc:  # a crash of the candidate is a finding: report where it happened
+            errors[side] = f"{'candidate' if side == 0 else 'reference'}: {type(exc).__name__}: {exc}"
+            logger.error("%s", errors[side])
+        finally:
+            rv.finish(side)
+
+    try:
+        threads = [threading.Thread(target=run, args=(s,), name=f"locate-{s}") for s in (0, 1)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        for h in handles:
+            h.remove()
+    rv.leftovers()
+    return outputs, errors
+
+
+def _same_precision_pass(same_model, reference, images, text, plan, ctx) -> dict:
+    """The same-precision reference (the reference model on the CPU at the candidate's precision) against the
+    fp32 reference, module by module: {"outputs": {key: errors}, "inputs": {(name, call): [errors | None]},
+    "task_outputs": {tensor: Tensor}}, errors as `same_precision_errors` gives them."""
+    import torch
+
+    cpu, patch = torch.device("cpu"), ctx["patch"]
+    found = {"outputs": {}, "inputs": {}, "task_outputs": {}}
+    lock = threading.Lock()
+
+    def on_pair(key, same, ref):
+        name, call, idx = key
+        errs = same_precision_errors(name, same["out"], ref["out"], patch) if same["out"].shape == ref["out"].shape \
+            else None
+        inp = None
+        if idx == 0 and len(same["inp"]) == len(ref["inp"]):
+            inp = [same_precision_errors(f"{name}:input{i}", a, b, patch)
+                   if a.is_floating_point() and b.is_floating_point() and a.shape == b.shape else None
+                   for i, (a, b) in enumerate(zip(same["inp"], ref["inp"]))]
+        with lock:
+            if errs is not None:
+                found["outputs"][key] = errs
+            if inp is not None:
+                found["inputs"][(name, call)] = inp
+
+    outputs, errors = _paired_run(plan, images, text, ((same_model, cpu, ctx["precision"]), (reference, cpu, "fp32")),
+                                  ctx["names"], on_pair, lambda side, key, payload: None, cpu)
+    if outputs[0] is None:
+        raise RuntimeError(f"the same-precision reference ({ctx['precision']} on the CPU) failed: {errors[0]}")
+    found["task_outputs"] = outputs[0]
+    return found
+
+
+def _judge_inputs(name, call, cand_inp, ref_inp, ctx, same):
+    """(inputs_agree: True/False measured, or None when they cannot be paired, worst input rel_l2, failures)."""
+    if not cand_inp or len(cand_inp) != len(ref_inp):
+        return None, None, []
+    same_in = (same or {}).get("inputs", {}).get((name, call)) if same is not None else None
+    worst, failures = 0.0, []
+    for i, (a, b) in enumerate(zip(cand_inp, ref_inp)):
+        if a.is_floating_point() != b.is_floating_point():
+            return None, None, []
+        if not a.is_floating_point():  # token ids, masks: must be equal
+            if a.shape != b.shape or not torch_equal(a, b):
+                failures.append({"input": i, "gate": "equal", "metric": "integer input equal", "value": False,
+                                 "threshold": True})
+            continue
+        errs = same_in[i] if same_in is not None and i < len(same_in) else None
+        judged = judge_tensor(f"{name}:input{i}", a, b, ctx["thresholds"], ctx["precision"], ctx["patch"],
+                              same_errors=errs, require_same=False)
+        fails = module_failures(judged)
+        failures += [{"input": i, **f} for f in fails]
+        m = judged["metrics"].get("metrics") or {}
+        v = m.get("relative_l2_error")
+        worst = max(worst, v if isinstance(v, float) else math.inf)
+    return not failures, json_float(worst), failures
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a.detach().cpu(), b.detach().cpu()))
+
+
+def _locate_task(result, task, case, reference, candidate, images, text, plan, ctx, same) -> None:
+    import torch
+
+    info = {"verdict": "PASS", "first_divergent": None, "first_nonfinite": None, "compared": 0, "unmatched": 0,
+            "inputs_compared": 0, "error": None}
     result["per_task"][task] = info
     lock = threading.Lock()
-    state = {"input_checks": 0, "first_failing": None}
     layers = []
+    cand_modules, ref_modules = dict(candidate.named_modules()), dict(reference.named_modules())
+    precision, thresholds, patch = ctx["precision"], ctx["thresholds"], ctx["patch"]
 
     def on_pair(key, cand, ref):
         name, call, idx = key
         pair = compare_pair(cand["out"], ref["out"])
-        fails = failed_gates(pair, limits)
-        entry = {"index": ref["seq"], "task": task, "case": case, "module": name,
+        same_out = same["outputs"].get(key) if same is not None else None
+        judged = judge_tensor(name, cand["out"], ref["out"], thresholds, precision, patch, same_errors=same_out,
+                              require_same=False)
+        fails = module_failures(judged)
+        entry = {"index": ref["seq"], "start": ref["start"], "task": task, "case": case, "module": name,
                  "class": type(cand_modules[name]).__name__, "reference_class": type(ref_modules[name]).__name__,
                  "call": call, "output": idx, "depth": _depth(name),
-                 "verdict": "FAIL" if fails else "PASS", "failed": fails, "inputs_agree": None,
-                 "candidate": pair["candidate"], "reference": pair["reference"], "metrics": pair["metrics"]}
-        with lock:
-            first_check = fails and info["first_divergent"] is None and state["input_checks"] < INPUT_CHECKS
-            if first_check:
-                state["input_checks"] += 1
-        if first_check:
-            entry["inputs_agree"], entry["input_rel_l2"] = _inputs_agree(cand["inp"], ref["inp"], limits)
-        if name in keep:
+                 "verdict": "FAIL" if fails else "PASS", "failed": fails,
+                 "gates": judged["gates"], "candidate": pair["candidate"], "reference": pair["reference"],
+                 "metrics": pair["metrics"]}
+        if judged.get("not_judged"):
+            entry["not_judged"] = judged["not_judged"]
+        if idx == 0:  # the inputs of this module call, compared for every module
+            agree, worst, in_fails = _judge_inputs(name, call, cand["inp"], ref["inp"], ctx, same)
+            if agree is not None:
+                entry["inputs_agree"], entry["input_rel_l2"] = agree, worst
+                if in_fails:
+                    entry["input_failed"] = in_fails
+        if name in ctx["keep"]:
             result["tensors"][f"{task}/{name}/{call}/{idx}/candidate"] = cand["out"].detach().to("cpu").clone()
             result["tensors"][f"{task}/{name}/{call}/{idx}/reference"] = ref["out"].detach().to("cpu").clone()
         with lock:
@@ -232,51 +380,13 @@ def _locate_task(result, task, case, reference, candidate, images, text, device,
                            "unmatched": "candidate only" if side == 0 else "reference only",
                            ("candidate" if side == 0 else "reference"): stats, "failed": []})
 
-    rv = _Rendezvous(on_pair, on_unmatched)
-    handles, outputs, errors = [], [None, None], [None, None]
-    for side, modules in ((0, cand_modules), (1, ref_modules)):
-        counters, seq = {}, [0]
-        for name in names:
-            if type(modules[name]).__name__ in _SKIP_CLASSES:
-                continue
-
-            def hook(module, args, output, name=name, side=side, counters=counters, seq=seq):
-                call = counters.get(name, 0)
-                counters[name] = call + 1
-                inp = [t for t in output_tensors(args) if t.is_floating_point()]
-                for i, t in enumerate(x for x in output_tensors(output) if x.is_floating_point()):
-                    seq[0] += 1
-                    rv.post(side, (name, call, i), {"out": t, "inp": inp, "seq": seq[0]})
-
-            handles.append(modules[name].register_forward_hook(hook))
-
-    def run(side):
-        try:
-            if side == 0:
-                if device.type in ("cuda", "npu"):
-                    getattr(torch, device.type).set_device(device)
-                outputs[0] = run_tasks(candidate, images, text, device, precision, plan)
-            else:
-                outputs[1] = run_tasks(reference, images, text, torch.device("cpu"), "fp32", plan)
-        except Exception as exc:  # a crash of the candidate is a finding: report where it happened
-            errors[side] = f"{'candidate' if side == 0 else 'reference'}: {type(exc).__name__}: {exc}"
-            logger.error("task %s: %s", task, errors[side])
-        finally:
-            rv.finish(side)
-
-    try:
-        threads = [threading.Thread(target=run, args=(s,), name=f"locate-{s}") for s in (0, 1)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-    finally:
-        for h in handles:
-            h.remove()
-    rv.leftovers()
+    sides = ((candidate, ctx["device"], precision), (reference, torch.device("cpu"), "fp32"))
+    outputs, errors = _paired_run(plan, images, text, sides, ctx["names"], on_pair, on_unmatched, ctx["device"])
     info["error"] = "; ".join(e for e in errors if e) or None
     layers.sort(key=lambda e: e["index"])
+    _share_call_facts(layers)
     info["compared"] = sum(1 for e in layers if e["verdict"] != "UNMATCHED")
+    info["inputs_compared"] = sum(1 for e in layers if e.get("output") == 0 and "inputs_agree" in e)
     _firsts(info, layers, task, case)
     result["layers"] += layers
     result["growth"][task] = [
@@ -285,48 +395,131 @@ def _locate_task(result, task, case, reference, candidate, images, text, device,
          "nonfinite": e["candidate"]["nan"] + e["candidate"]["inf"]}
         for e in layers if e["verdict"] != "UNMATCHED" and e["depth"] <= GROWTH_DEPTH and e["output"] == 0
         and e.get("metrics")]
+    if info["error"]:
+        info["verdict"] = "FAIL"
+    if any(e["verdict"] == "FAIL" for e in layers):
+        info["verdict"] = "FAIL"
     if outputs[0] is not None and outputs[1] is not None:
-        for tensor in plan[task]:
-            pair = compare_pair(outputs[0][tensor], outputs[1][tensor])
-            fails = failed_gates(pair, tensor_limits(tensor))
-            m = pair["metrics"] or {}
+        same_out = (same or {}).get("task_outputs") or {}
+        for tensor in plan[task]:  # the task outputs: exactly the verdict's judging
+            judged = judge_tensor(tensor, outputs[0][tensor], outputs[1][tensor], thresholds, precision, patch,
+                                  same_precision=same_out.get(tensor), require_same=same is not None)
+            m = judged["metrics"]["metrics"] or {}
             result["outputs"].append({"task": task, "tensor": tensor, "relative_l2_error": m.get("relative_l2_error"),
                                       "cosine_similarity": m.get("cosine_similarity"),
                                       "relative_error_mean": m.get("relative_error_mean"),
-                                      "verdict": "FAIL" if fails else "PASS"})
+                                      "verdict": judged["verdict"], "reasons": judged["reasons"]})
+            if judged["verdict"] != "PASS":
+                info["verdict"] = "FAIL"
 
 
-def _inputs_agree(cand_inp, ref_inp, limits):
-    """(all floating inputs pass the gates, their worst rel_l2); (None, None) when they cannot be paired."""
-    if len(cand_inp) != len(ref_inp) or not cand_inp:
-        return None, None
-    worst, ok = 0.0, True
-    seen = set()
-    for a, b in zip(cand_inp, ref_inp):
-        if id(b) in seen:
+def _share_call_facts(layers) -> None:
+    """A module call's input facts (measured on its first output) hold for all its outputs; a call fails when
+    any of its outputs fails."""
+    calls = {}
+    for e in layers:
+        if e["verdict"] != "UNMATCHED":
+            calls.setdefault((e["module"], e["call"]), []).append(e)
+    for entries in calls.values():
+        first = next((e for e in entries if e["output"] == 0), entries[0])
+        for e in entries:
+            if e is not first and "inputs_agree" in first:
+                e["inputs_agree"], e["input_rel_l2"] = first["inputs_agree"], first["input_rel_l2"]
+            e.setdefault("start", first.get("start"))
+
+
+def _module_calls(layers) -> list:
+    """One record per module call (its first output's entry), FAIL if any of its outputs fails, in firing order."""
+    calls = {}
+    for e in layers:
+        if e["verdict"] == "UNMATCHED":
             continue
-        seen.add(id(b))
-        pair = compare_pair(a, b)
-        ok = ok and not failed_gates(pair, limits)
-        v = (pair["metrics"] or {}).get("relative_l2_error")
-        worst = max(worst, v if isinstance(v, float) else math.inf)
-    return ok, json_float(worst)
+        key = (e["module"], e["call"])
+        c = calls.get(key)
+        if c is None:
+            calls[key] = c = {"entry": e, "module": e["module"], "call": e["call"], "start": e.get("start"),
+                              "end": e["index"], "verdict": "PASS", "failed": [], "inputs_agree": e.get("inputs_agree")}
+        c["end"] = max(c["end"], e["index"])
+        if e["verdict"] == "FAIL":
+            c["verdict"] = "FAIL"
+            c["failed"] = c["failed"] or e["failed"]
+            c.setdefault("failing_entry", e)
+    return sorted(calls.values(), key=lambda c: c["end"])
+
+
+def _children(parent, calls) -> list:
+    """The module calls directly inside ``parent``'s call (None: the task's own code), in firing order."""
+    lo, hi = (parent["start"], parent["end"]) if parent else (-math.inf, math.inf)
+    inside = [c for c in calls if c is not parent and c["start"] is not None and lo < c["start"] and c["end"] < hi]
+    return [c for c in inside if not any(o is not c and o["start"] < c["start"] and c["end"] < o["end"]
+                                         for o in inside)]
 
 
 def _firsts(info, layers, task, case) -> None:
-    failing = [e for e in layers if e["verdict"] == "FAIL"]
-    agreed = [e for e in failing if e["inputs_agree"] is not False]
-    pick = (agreed or failing or [None])[0]
-    if pick is not None:
-        gate = pick["failed"][0]
-        info["first_divergent"] = {"module": pick["module"], "task": task, "case": case, "metric": gate["metric"],
-                                   "value": gate["value"], "threshold": gate["threshold"], "call": pick["call"],
-                                   "class": pick["class"], "reference_class": pick["reference_class"], "inputs_agree": pick["inputs_agree"] is not False}
+    """The first divergent module, measured, never guessed (see the module docstring), and the first NaN/Inf."""
+    calls = _module_calls(layers)
+    failing = [c for c in calls if c["verdict"] == "FAIL"]
+    if failing:
+        parent = next((c for c in failing if c["inputs_agree"] is True), None)
+        info["first_divergent"] = _explain(parent, calls, failing, task, case)
     for e in layers:
         if e["verdict"] != "UNMATCHED" and e["metrics"] and e["metrics"]["candidate_only_nonfinite"]:
             info["first_nonfinite"] = {"module": e["module"], "task": task, "case": case, "call": e["call"],
                                        "count": e["metrics"]["candidate_only_nonfinite"]}
             break
+
+
+def _explain(parent, calls, failing, task, case) -> dict:
+    """first_divergent for the deepest failing module call whose inputs agree (``parent``; None: the task's own
+    code, whose inputs are the same tensors on both sides)."""
+    kids = _children(parent, calls)
+    unknown = [c for c in kids if c["verdict"] == "FAIL" and c["inputs_agree"] is None]
+    first_bad = next((i for i, c in enumerate(kids) if c["inputs_agree"] is False), None)
+    before = after = None
+    if first_bad is not None:
+        after = kids[first_bad]["module"]
+        before = kids[first_bad - 1]["module"] if first_bad > 0 else None
+    elif kids:
+        before = kids[-1]["module"]
+    where = parent["module"] if parent else None
+    shown = parent or (failing[0] if failing else None)
+    gate = (shown["failed"] or [{}])[0] if shown else {}
+    fd = {"task": task, "case": case, "call": parent["call"] if parent else None,
+          "metric": gate.get("metric"), "gate": gate.get("gate"), "value": gate.get("value"),
+          "threshold": gate.get("threshold"), "enclosing": where, "between": None}
+    if parent is not None:
+        e = parent["entry"]
+        fd.update({"class": e["class"], "reference_class": e["reference_class"], "inputs_agree": True})
+    if unknown and (first_bad is None or kids.index(unknown[0]) < first_bad):
+        fd.update(scope="unresolved", module=unknown[0]["module"],
+                  explanation=f"the error is in the code of {where or 'the task outside any module'} or inside "
+                              f"{unknown[0]['module']}, whose inputs could not be paired with the reference's")
+    elif parent is not None and not kids:
+        fd.update(scope="module", module=where,
+                  explanation=f"the error is inside {where}: its inputs agree with the reference, its output does not")
+    elif parent is not None:
+        fd.update(scope="between", module=where, between=[before, after],
+                  explanation=f"the error is in {where}'s own code (no child module is at fault: every child's "
+                              f"output agrees until its inputs differ), " + _between_text(before, after, where))
+    elif first_bad == 0:
+        fd.update(scope="before_first_module", module="(the task's code)", between=[None, after],
+                  explanation=f"the inputs of {after}, the first module the task calls, already differ: the error is "
+                              f"in the task's own code before any module (the model's inputs as it sees them differ)")
+    else:
+        fd.update(scope="between", module="(the task's code)", between=[before, after],
+                  explanation="the error is in the task's own code outside any module, "
+                              + _between_text(before, after, "the task"))
+    return fd
+
+
+def _between_text(before, after, where) -> str:
+    if before and after:
+        return f"between the output of {before} (agrees) and the inputs of {after} (differ)"
+    if after:
+        return f"before its first child {after} (whose inputs already differ)"
+    if before:
+        return f"after its last child {before} (whose output agrees), before {where} returns"
+    return "with no child module to narrow it"
 
 
 def _suspect(layers):
@@ -394,7 +587,7 @@ def main(argv=None) -> int:
         return EXIT_ENV
     print("\n".join(growth_lines(result) + summary_lines(result)))
     print(f"outputs: {out / 'divergence.json'}")
-    return EXIT_FOUND if result["first_divergent"] or result["first_nonfinite"] else EXIT_NONE
+    return EXIT_FOUND if result["verdict"] != "PASS" or result["first_nonfinite"] else EXIT_NONE
 
 
 def _run(args) -> dict:
