@@ -5,32 +5,45 @@
 
 A forward hook on every module (names as in ``model.named_modules()``; the fusion layer keeps them)
 of the reference (CPU, fp32, strict) and of the candidate (device, fusions, precision) sees each
-module's output for the same inputs. Outputs are compared in execution order with the verdict's
-metrics, and the result is written as ``divergence.json`` (schema ``vtp-divergence/1``)::
+module's output for the same inputs. Every module output *and every module's inputs* are judged by the
+verdict's own code (verify.layer_compare.judge_tensor: verify.judge.compare_one + verify.verdict.judge), in
+execution order, and the result is written as ``divergence.json`` (schema ``vtp-divergence/2``; what changed
+from /1 is in verify/divergence.py)::
 
-    {"schema": "vtp-divergence/1",
-     "first_divergent": {"module", "task", "case", "metric", "value", "threshold", "call", "class",
-                         "inputs_agree"} | null,
+    {"schema": "vtp-divergence/2", "verdict": "PASS" | "FAIL", "same_precision_reference": bool,
+     "first_divergent": {"module", "scope", "enclosing", "between", "explanation", "task", "case", "call",
+                         "gate", "metric", "value", "threshold", "class", "inputs_agree"} | null,
      "first_nonfinite": {"module", "task", "case", "call", "count"} | null,
      "suspect": {"module", "task", "rel_l2", "input_rel_l2"} | null,  # largest error jump, when no gate broke
-     "per_task": {task: {"first_divergent", "first_nonfinite", "compared", "unmatched", "error"}},
-     "outputs": [{"task", "tensor", "relative_l2_error", "cosine_similarity", "verdict"}],
+     "per_task": {task: {"verdict", "first_divergent", "first_nonfinite", "compared", "inputs_compared",
+                         "unmatched", "error"}},
+     "outputs": [{"task", "tensor", "relative_l2_error", "cosine_similarity", "verdict", "reasons"}],
      "growth": {task: [{"module", "call", "relative_l2_error", "cosine_similarity"}]},
-     "layers": [{"index", "task", "case", "module", "class", "call", "output", "depth", "verdict",
-                 "failed": [{"metric", "value", "threshold"}], "inputs_agree",
+     "layers": [{"index", "start", "task", "case", "module", "class", "call", "output", "depth", "verdict",
+                 "failed": [{"gate", "metric", "value", "threshold"}], "gates": [the verdict's gate records],
+                 "inputs_agree" (absent: the inputs could not be paired), "input_rel_l2", "input_failed",
                  "candidate": stats, "reference": stats, "metrics": {...}}], ...}
 
 stats = {"shape", "dtype", "min", "max", "mean", "l2", "nan", "inf"} (finite elements only).
 
-**First divergent module**: hooks fire after a module's children, so in firing order the first module
-that breaks a gate is the deepest one at the earliest point. It is reported when its *inputs* still
-agree (they are compared then); if none qualifies (the error enters in code that is not a module), the
-first failing module is reported with ``inputs_agree: false``. The gates are the verdict's
-``max_rel_l2``, ``min_cosine`` and (when present) ``max_abs_scaled`` (max|a-b| / max|b|, a localised
-error) of the precision, plus any NaN/Inf where the reference is finite.
-``max_rel_err`` (mean elementwise relative error) is recorded but does not decide here: on
-intermediate activations full of near-zero values (GELU, attention) it flags approximations that the
-final outputs absorb (the tanh GELU of the fusion layer).
+**Gates**: the verdict's, with the precision's thresholds: relative L2, cosine, the worst row, the share of
+elements over tolerance, max|a-b|/max|b|, NaN/Inf, and for fp16/bf16 the error ratio against the
+same-precision reference (the reference model on the CPU at that precision; a first pass measures its own
+error to fp32 for every module output and input). Rows of a module tensor are its last dimension (a token's
+or a position's features); the task outputs are judged exactly as the verdict judges them (its row layouts:
+latent position, 16x16 tile). ``max_rel_err`` (mean elementwise relative error) is recorded but does not
+decide inside the model: on intermediate activations full of near-zero values (GELU, attention) it flags
+approximations that the final outputs absorb (the tanh GELU of the fusion layer). ``verdict`` is FAIL when a
+module output or a task output fails.
+
+**First divergent module, never guessed**: hooks fire after a module's children, so the first failing module
+call (in firing order) whose inputs agree (measured: every module's inputs are judged) is the deepest module
+that makes the error. Without child module calls the error is inside it (scope "module"). With children, the
+failing ones all had differing inputs, so the error is in its own code: between the last child whose output
+agrees and the first child whose inputs differ (scope "between"). If no failing module has agreeing inputs,
+the error is in the task's own code outside any module: before the first module the task calls when that
+module's inputs already differ (scope "before_first_module"), else between two top-level modules. A failing
+child whose inputs cannot be paired (different counts) makes the answer "unresolved", naming it.
 
 **Memory** (bounded, no full-model dump): both models run *layer-synchronously* in two threads; a
 hook hands its output to a rendezvous and waits until the other model has produced the matching
