@@ -22,6 +22,8 @@ def clean_env(monkeypatch):
 
 
 def test_oversubscribed_machine_gets_passive_waiting(clean_env):
+    import torch  # noqa: F401  (imported: the record must say the variables came too late for this process)
+
     clean_env.setattr(threads, "load_1min", lambda: 4.0)
     record = threads.configure_before_torch_import()
     import os
