@@ -72,18 +72,19 @@ def test_report_has_every_section_and_its_images_decode(tmp_path, divergence):
     assert "first divergent module: pixel_decoder.blocks.1.attn" in page
     assert "9.0.0" in page and "abab" in page and "F.gelu(approximate=" in page
     images = _images(page)
-    assert len(images) == 5 + 2  # input | reference | candidate | amplified | heatmap; depth plot; timing chart
-    assert images[0].size == (32, 32) and images[3].getextrema() != ((0, 0), (0, 0), (0, 0))
+    assert len(images) == 5 + 1 + 2  # input | reference | candidate | amplified | heatmap + its colour bar; 2 plots
+    strip = images[1:6]  # after the depth plot, which comes first with the cause
+    assert strip[0].size == (32, 32) and strip[3].getextrema() != ((0, 0), (0, 0), (0, 0))
     assert not re.search(r'(src|href)="(https?:)?//', page)  # self-contained: nothing fetched
-    assert "matplotlib is not installed" not in page
+    assert "matplotlib cannot be imported" not in page
 
 
 def test_without_matplotlib_the_report_degrades_to_tables(tmp_path, divergence, monkeypatch):
     monkeypatch.setattr(html_report, "matplotlib_pyplot", lambda: None)
     div, recon, _ = divergence
     page = write_html_report(tmp_path / "r.html", _summary(), divergence=div, recon_images=recon).read_text()
-    assert "matplotlib is not installed: plots are shown as tables" in page
-    assert len(_images(page)) == 5  # the reconstruction strip needs no matplotlib
+    assert "matplotlib cannot be imported" in page and "plots are shown as tables" in page
+    assert len(_images(page)) == 6  # the reconstruction strip and its colour bar need no matplotlib
     assert "<details open><summary>table</summary>" in page and "first divergent: pixel_decoder.blocks.1.attn" in page
     assert all(f'id="{s}"' in page for s in SECTIONS)
 

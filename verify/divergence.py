@@ -103,29 +103,48 @@ def _marked(rows, task, first) -> int:
 
 
 def error_vs_depth_png(divergence: dict):
-    """Relative L2 error per module along depth, one line per task, first divergent module marked; None
-    without matplotlib or data."""
+    """Relative L2 error of every module's output along depth (x: the module names, in execution order), one
+    line per task, with the same-precision reference's own error (fp16/bf16) dashed, the gate as a line and the
+    first divergent module marked. An exact 0 (bit-identical output) is drawn as a hollow marker on the
+    plot's floor, not as a dip to an arbitrary small number. None without matplotlib or data."""
     plt = matplotlib_pyplot()
     growth = _d((divergence or {}).get("growth"))
     if plt is None or not any(growth.values()):
         return None
     first = _d(divergence.get("first_divergent"))
-    fig, ax = plt.subplots(figsize=(11, 4.2))
-    floor = 1e-10
+    n = max(len(rows) for rows in growth.values())
+    fig, ax = plt.subplots(figsize=(min(16, max(9, 0.28 * n + 2)), 5.2))
+    values = [r.get("relative_l2_error") for rows in growth.values() for r in rows]
+    positive = [v for v in values if isinstance(v, float) and v > 0 and math.isfinite(v)]
+    floor = min(positive) / 10 if positive else 1e-8
+    labels = []
     for task, rows in growth.items():
         ys = [r["relative_l2_error"] if isinstance(r.get("relative_l2_error"), float) else math.nan for r in rows]
-        ax.plot(range(len(ys)), [max(y, floor) for y in ys], marker=".", label=task)
+        xs = range(len(ys))
+        line = ax.plot(xs, [y if y > 0 else math.nan for y in ys], marker=".", label=f"{task}: candidate")[0]
+        zeros = [x for x, y in zip(xs, ys) if y == 0]
+        if zeros:
+            ax.scatter(zeros, [floor] * len(zeros), marker="o", facecolors="none", edgecolors=line.get_color(),
+                       s=22, label=f"{task}: exactly 0 (bit-identical)")
+        same = [r.get("same_precision_relative_l2_error") for r in rows]
+        if any(isinstance(v, float) for v in same):
+            ax.plot(xs, [v if isinstance(v, float) and v > 0 else math.nan for v in same], linestyle="--",
+                    color=line.get_color(), alpha=0.6, label=f"{task}: same-precision CPU reference")
         i = _marked(rows, task, first)
-        if i >= 0:
-            ax.scatter([i], [max(ys[i], floor)], s=160, facecolors="none", edgecolors="red", linewidths=2, zorder=5)
-            ax.annotate(f"first divergent: {first['module']}", (i, max(ys[i], floor)), xytext=(-40, -28),
-                        textcoords="offset points", color="red")
+        if i >= 0 and ys[i] > 0:
+            ax.scatter([i], [ys[i]], s=170, facecolors="none", edgecolors="red", linewidths=2, zorder=5,
+                       label=f"first divergent: {first['module']}")
+        if len(rows) > len(labels):
+            labels = [r["module"] for r in rows]
     gate = _d(divergence.get("gates")).get("max_rel_l2")
     if isinstance(gate, (int, float)):
-        ax.axhline(gate, color="grey", linestyle="--", linewidth=1, label=f"gate max_rel_l2 {gate:g}")
+        ax.axhline(gate, color="grey", linestyle=":", linewidth=1.2, label=f"gate max_rel_l2 {gate:g}")
     ax.set_yscale("log")
-    ax.set_xlabel("module, in execution order (name depth <= 3)")
-    ax.set_ylabel(f"relative L2 error (floor {floor:g})")
+    ax.set_ylim(bottom=floor / 2)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=70, ha="right", fontsize=7)
+    ax.set_xlabel("module output, in execution order")
+    ax.set_ylabel("relative L2 error vs the fp32 reference")
     ax.set_title("error along depth")
     ax.legend(loc="upper left", fontsize=8)
     return figure_png(plt, fig)

@@ -369,6 +369,8 @@ def _locate_task(result, task, case, reference, candidate, images, text, plan, c
                  "verdict": "FAIL" if fails else "PASS", "failed": fails,
                  "gates": judged["gates"], "candidate": pair["candidate"], "reference": pair["reference"],
                  "metrics": pair["metrics"]}
+        if same_out is not None:  # the same-precision reference's own error here (fp16/bf16), for the depth plot
+            entry["same_precision"] = same_out
         if judged.get("not_judged"):
             entry["not_judged"] = judged["not_judged"]
         if idx == 0:  # the inputs of this module call, compared for every module
@@ -405,7 +407,8 @@ def _locate_task(result, task, case, reference, candidate, images, text, plan, c
     result["growth"][task] = [
         {"module": e["module"], "call": e["call"], "relative_l2_error": e["metrics"]["relative_l2_error"],
          "cosine_similarity": e["metrics"]["cosine_similarity"], "verdict": e["verdict"],
-         "nonfinite": e["candidate"]["nan"] + e["candidate"]["inf"]}
+         "nonfinite": e["candidate"]["nan"] + e["candidate"]["inf"],
+         "same_precision_relative_l2_error": (e.get("same_precision") or {}).get("relative_l2_error")}
         for e in layers if e["verdict"] != "UNMATCHED" and e["depth"] <= GROWTH_DEPTH and e["output"] == 0
         and e.get("metrics")]
     if info["error"]:

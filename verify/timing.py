@@ -22,15 +22,16 @@ CLEAN_NUMBERS_HINT = ("for clean numbers: run on an otherwise idle machine (no o
 
 
 def summarize(samples_s: list) -> dict:
-    """median, p90 (nearest rank) and min of a list of seconds, in milliseconds, and the spread flags:
+    """median, p10 and p90 (nearest rank) and min of a list of seconds, in milliseconds, and the spread flags:
     ``unstable`` is True when p90/min > UNSTABLE_P90_OVER_MIN or median/min > UNSTABLE_MEDIAN_OVER_MIN."""
     s = sorted(samples_s)
     p90 = s[min(len(s) - 1, max(0, -(-9 * len(s) // 10) - 1))]
+    p10 = s[min(len(s) - 1, max(0, -(-len(s) // 10) - 1))]
     median = statistics.median(s)
     lo = s[0] if s[0] > 0 else float("nan")
     p90_over_min, median_over_min = p90 / lo, median / lo
     unstable = p90_over_min > UNSTABLE_P90_OVER_MIN or median_over_min > UNSTABLE_MEDIAN_OVER_MIN
-    return {"median_ms": median * 1e3, "p90_ms": p90 * 1e3, "min_ms": s[0] * 1e3, "n": len(s),
+    return {"median_ms": median * 1e3, "p10_ms": p10 * 1e3, "p90_ms": p90 * 1e3, "min_ms": s[0] * 1e3, "n": len(s),
             "p90_over_min": p90_over_min, "median_over_min": median_over_min, "unstable": bool(unstable)}
 
 
