@@ -52,6 +52,15 @@ options:
   --reference DIR      judge against the golden set in DIR instead of recomputing the CPU reference (e.g. made
                        on a GPU or a trusted machine); a set of other weights, config or cases is refused
   --fp32-modules FILE  fp16/bf16: keep these modules in fp32 (written by python -m verify.bisection precision)
+  --reference-sha256 H with --reference: the sha256 of the set's manifest.json you trust (--save-golden prints
+                       it); another set is refused (exit 2)
+  --golden-source S    with --save-golden: reference (the CPU fp32 answers, default) or candidate (this device's,
+                       e.g. a validated GPU to judge NPUs against)
+  --batch-sizes LIST   your envelope: every image task at these batch sizes, the text tower on that many prompts
+                       (e.g. 1,5,16)
+  --sizes LIST         your envelope: every image task at batch 1 at these sizes (e.g. 224x224,336x512)
+  --fuzz N             N extra cases drawn at random from the operating envelope (batch, sequence length, prompt
+                       count and length); --seed S replays a sweep (default: a new seed, printed and recorded)
   --dataset DIR        also run VTP's own evaluations on an ImageFolder (python -m vtp_tools.eval zero-shot and
                        reconstruction): the candidate against the CPU fp32 unfused reference; LPIPS and rFID run
                        when their weight files are present, the log names the skipped ones and how to enable them
@@ -100,6 +109,12 @@ SAVE_GOLDEN=""
 REFERENCE=""
 FP32_MODULES=""
 DATASET=""
+REFERENCE_SHA256=""
+GOLDEN_SOURCE=""
+BATCH_SIZES=""
+SIZES=""
+FUZZ=""
+SEED=""
 PROMPTS=()
 PROMPTS_FILE=""
 
@@ -115,7 +130,7 @@ while (($#)); do
     case "$opt" in
         --device | --weights | --precision | --fusion | --out | --inject-fault | --profile | --cases | \
             --thresholds | --prompt | --prompts-file | --nproc | --save-golden | --reference | --fp32-modules | \
-            --dataset)
+            --dataset | --reference-sha256 | --golden-source | --batch-sizes | --sizes | --fuzz | --seed)
             if ((!has_value)); then
                 (($# >= 2)) || usage_error "option $opt needs a value"
                 value="$2"
@@ -139,6 +154,12 @@ while (($#)); do
                 --reference) REFERENCE="$value" ;;
                 --fp32-modules) FP32_MODULES="$value" ;;
                 --dataset) DATASET="$value" ;;
+                --reference-sha256) REFERENCE_SHA256="$value" ;;
+                --golden-source) GOLDEN_SOURCE="$value" ;;
+                --batch-sizes) BATCH_SIZES="$value" ;;
+                --sizes) SIZES="$value" ;;
+                --fuzz) FUZZ="$value" ;;
+                --seed) SEED="$value" ;;
             esac
             ;;
         --quick | --no-timing | --require-weights | --locate)
@@ -211,6 +232,11 @@ for prompt in "${PROMPTS[@]+"${PROMPTS[@]}"}"; do pre_args+=(--prompt "$prompt")
 [[ -z "$FP32_MODULES" ]] || pre_args+=(--fp32-modules "$FP32_MODULES")
 [[ -z "$SAVE_GOLDEN" ]] || pre_args+=(--save-golden "$SAVE_GOLDEN")
 [[ -z "$DATASET" ]] || pre_args+=(--dataset "$DATASET")
+[[ -z "$REFERENCE_SHA256" ]] || pre_args+=(--reference-sha256 "$REFERENCE_SHA256")
+[[ -z "$BATCH_SIZES" ]] || pre_args+=(--batch-sizes "$BATCH_SIZES")
+[[ -z "$SIZES" ]] || pre_args+=(--sizes "$SIZES")
+[[ -z "$FUZZ" ]] || pre_args+=(--fuzz "$FUZZ")
+[[ -z "$SEED" ]] || pre_args+=(--seed "$SEED")
 if ! "$PYTHON" -m verify.preflight "${pre_args[@]}"; then
     printf "run_verify.sh: fix the options above, then run again. Try 'bash run_verify.sh --help'.\n" >&2
     exit 2
@@ -329,6 +355,12 @@ eval_args=("${common[@]}" --precision "$PRECISION" --fusion="$FUSION" --profile 
 [[ -z "$SAVE_GOLDEN" ]] || eval_args+=(--save-golden "$SAVE_GOLDEN")
 [[ -z "$REFERENCE" ]] || eval_args+=(--reference "$REFERENCE")
 [[ -z "$FP32_MODULES" ]] || eval_args+=(--fp32-modules "$FP32_MODULES")
+[[ -z "$REFERENCE_SHA256" ]] || eval_args+=(--reference-sha256 "$REFERENCE_SHA256")
+[[ -z "$GOLDEN_SOURCE" ]] || eval_args+=(--golden-source "$GOLDEN_SOURCE")
+[[ -z "$BATCH_SIZES" ]] || eval_args+=(--batch-sizes "$BATCH_SIZES")
+[[ -z "$SIZES" ]] || eval_args+=(--sizes "$SIZES")
+[[ -z "$FUZZ" ]] || eval_args+=(--fuzz "$FUZZ")
+[[ -z "$SEED" ]] || eval_args+=(--seed "$SEED")
 eval_args+=("${prompt_args[@]+"${prompt_args[@]}"}")
 if [[ "$NPROC" == "1" ]]; then
     run_step "$PYTHON" "$ROOT/verify/accuracy_eval.py" "${eval_args[@]}" --out "$OUT"

@@ -221,22 +221,6 @@ def test_bad_cases_file_is_a_usage_error(tmp_path, tiny_checkpoint, capsys):
     assert code == 2 and "multiple of the patch size 16" in capsys.readouterr().err
 
 
-def test_shipped_profiles_cover_what_the_verdict_needs():
-    from verify.cases import build_plan, coverage, load_cases
-    from vtp import VTPConfig
-    from vtp.tokenizers import get_tokenizer
-
-    doc = load_cases()
-    config = VTPConfig.from_preset("VTP-Small-f16d64")
-    tok = get_tokenizer(context_length=config.text_context_length)
-    for profile in ("default", "full"):
-        cover = coverage(build_plan(doc, profile, config), tok, config.text_vocab_size, config.text_context_length)
-        assert cover["gaps"] == [], (profile, cover)
-        assert cover["truncated_prompts"] >= 1 and cover["max_token_id"] > 45000
-    quick = coverage(build_plan(doc, "quick", config), tok, config.text_vocab_size, config.text_context_length)
-    assert 1 in quick["batches"] and len(quick["sizes"]) >= 2
-
-
 def test_every_image_of_every_call_is_new_input_on_the_production_path(tmp_path, tiny_checkpoint, cases_file):
     """The inputs the harness really ran (read back from its golden set): no image is used twice, in any
     case or call; the natural sample image may be image 0 of call A only."""

@@ -79,6 +79,8 @@ class Plan:
     iters: int
     repeat: bool
     skipped_tasks: Dict[str, str] = field(default_factory=dict)
+    envelope: Dict[str, list] = field(default_factory=dict)  # the user's --batch-sizes / --sizes
+    fuzz: Optional[dict] = None                               # {"n", "seed", "cases"} of --fuzz N --seed S
 
     def to_dict(self) -> dict:
         return {
@@ -89,6 +91,7 @@ class Plan:
             "timing": [f"{b}x{h}x{w}" for b, h, w in self.timing],
             "warmup": self.warmup, "iters": self.iters, "repeat": self.repeat,
             "skipped_tasks": dict(self.skipped_tasks),
+            "envelope": dict(self.envelope), "fuzz": self.fuzz,
         }
 
 
@@ -158,12 +161,17 @@ def _check_profile(prof, sets: dict, where: str) -> None:
         raise CasesError(f"{where}.repeat must be true or false")
 
 
-def build_plan(doc: dict, profile: str, config, prompts: Optional[Tuple[str, ...]] = None) -> Plan:
+def build_plan(doc: dict, profile: str, config, prompts: Optional[Tuple[str, ...]] = None,
+               batch_sizes: Tuple[int, ...] = (), sizes: Tuple[Tuple[int, int], ...] = (), fuzz: int = 0,
+               seed: int = 0) -> Plan:
     """Expand ``profile`` of a `load_cases` document for a model config.
 
     Tasks the checkpoint cannot run are left out and named in ``skipped_tasks``; shapes that are not a
     multiple of the patch size raise CasesError. ``prompts`` (the user's --prompt) replaces the
-    zero-shot prompt set and is added as a text case of its own.
+    zero-shot prompt set and is added as a text case of its own. The user's envelope adds cases:
+    ``batch_sizes`` every image task at each batch size (at the profile's first image size) and a prompt
+    set of that many prompts; ``sizes`` every image task at batch 1 at each (height, width); ``fuzz`` N cases
+    drawn from the envelope with ``seed`` (verify.envelope.fuzz_specs).
     """
     if profile not in doc["profiles"]:
         raise CasesError(f"{doc['source']}: no profile {profile!r} (known: {', '.join(doc['profiles'])})")
@@ -198,11 +206,62 @@ def build_plan(doc: dict, profile: str, config, prompts: Optional[Tuple[str, ...
         if task in skipped:
             continue
         cases += [Case(f"{task}/b{b}/{h}x{w}", task, b, h, w) for b, h, w in shapes]
+    base_h, base_w = shapes[0][1], shapes[0][2]
+    extra = [(b, base_h, base_w) for b in batch_sizes] + [(1, h, w) for h, w in sizes]
+    for b, h, w in extra:
+        if h % patch or w % patch:
+            raise CasesError(f"--sizes: {h}x{w} is not a multiple of the patch size {patch}")
+    extra = [s for s in dict.fromkeys(extra) if s not in shapes]
+    for task in IMAGE_TASKS:
+        if task not in skipped:
+            cases += [Case(f"{task}/b{b}/{h}x{w}", task, b, h, w) for b, h, w in extra]
+    pool = [p for name in text_sets for p in sets[name]]
+    for b in dict.fromkeys(batch_sizes):  # the text tower at the user's batch sizes, prompts of every length
+        sets[f"batch{b}"] = tuple(pool[i % len(pool)] for i in range(b))
+        text_sets.append(f"batch{b}")
     if "clip_text" not in skipped:
         cases += [Case(f"clip_text/{name}", "clip_text", prompt_set=name) for name in text_sets]
+    fuzz_record = None
+    if fuzz:
+        from verify.envelope import fuzz_specs
+
+        tasks = [t for t in IMAGE_TASKS + ("clip_text",) if t not in skipped]
+        for i, spec in enumerate(fuzz_specs(fuzz, seed, tasks, patch)):
+            if spec[0] == "text":
+                sets[f"fuzz{i}"] = spec[1]
+                cases.append(Case(f"clip_text/fuzz{i}", "clip_text", prompt_set=f"fuzz{i}"))
+            else:
+                _, task, b, h, w = spec
+                cases.append(Case(f"{task}/b{b}/{h}x{w}/fuzz{i}", task, b, h, w))
+        fuzz_record = {"n": fuzz, "seed": seed, "replay": f"--fuzz {fuzz} --seed {seed}",
+                       "cases": [c.id for c in cases if "fuzz" in c.id]}
+    envelope = {"batch_sizes": list(dict.fromkeys(batch_sizes)), "sizes": [f"{h}x{w}" for h, w in sizes]}
     return Plan(profile=profile, source=doc["source"], version=doc["version"], cases=cases, prompt_sets=sets,
                 zero_shot_prompts=zero_shot, timing=timing, warmup=prof["warmup"], iters=prof["iters"],
-                repeat=prof["repeat"], skipped_tasks=skipped)
+                repeat=prof["repeat"], skipped_tasks=skipped, envelope=envelope, fuzz=fuzz_record)
+
+
+def parse_batch_sizes(text: str) -> Tuple[int, ...]:
+    """"1,5,16" -> (1, 5, 16); CasesError naming the option otherwise."""
+    try:
+        values = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise CasesError(f"--batch-sizes {text!r}: expected comma-separated positive integers, e.g. 1,5,16") from None
+    if not values or min(values) < 1:
+        raise CasesError(f"--batch-sizes {text!r}: expected comma-separated positive integers, e.g. 1,5,16")
+    return values
+
+
+def parse_sizes(text: str) -> Tuple[Tuple[int, int], ...]:
+    """"224x224,336x512" -> ((224, 224), (336, 512)); CasesError naming the option otherwise."""
+    out = []
+    for part in str(text).split(","):
+        if part.strip():
+            _, h, w = parse_shape(f"1x{part.strip()}", f"--sizes {text!r}")
+            out.append((h, w))
+    if not out:
+        raise CasesError(f"--sizes {text!r}: expected HEIGHTxWIDTH[,HEIGHTxWIDTH...], e.g. 224x224,336x512")
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -254,34 +313,3 @@ def make_case_inputs(plan: Plan, case: Case, call: str, tokenizer, first_image=N
     if case.task == "clip":
         inputs["text"] = tokenizer(list(plan.prompt_sets[plan.zero_shot_prompts]))
     return inputs
-
-
-def coverage(plan: Plan, tokenizer, vocab_size: int, context_length: int) -> dict:
-    """What the plan covers, and the gaps the verdict issue asks to be closed (reported as findings)."""
-    image_cases = [c for c in plan.cases if c.task != "clip_text"]
-    batches = sorted({c.batch for c in image_cases})
-    sizes = sorted({(c.height, c.width) for c in image_cases})
-    text = [p for c in plan.cases if c.task == "clip_text" for p in plan.prompt_sets[c.prompt_set]]
-    ids = [tokenizer.encode(p) for p in text]
-    longest = max((len(i) + 2 for i in ids), default=0)  # + start and end of text
-    top_id = max((max(i) for i in ids if i), default=0)
-    gaps = []
-    if image_cases:
-        if 1 not in batches:
-            gaps.append("no batch-1 case")
-        if not any(b > 1 and b % 2 for b in batches):
-            gaps.append("no odd batch > 1")
-        if not any(h != w for h, w in sizes):
-            gaps.append("no non-square image size")
-        if len(sizes) < 2:
-            gaps.append("a single image size")
-    if text:
-        if longest < context_length - 6:
-            gaps.append(f"no prompt with end-of-text near the context limit ({longest} < {context_length - 6})")
-        if top_id < 0.9 * vocab_size:
-            gaps.append(f"no token id in the top tenth of the vocabulary (max {top_id})")
-        if all(p.isascii() for p in text):
-            gaps.append("no non-ASCII prompt")
-    return {"batches": batches, "sizes": [f"{h}x{w}" for h, w in sizes], "prompts": len(text),
-            "longest_prompt_tokens": longest, "truncated_prompts": sum(len(i) + 2 > context_length for i in ids),
-            "max_token_id": top_id, "gaps": gaps}

@@ -80,6 +80,17 @@ def problems_of(args) -> list:
     if args.reference is not None and not (args.reference / "manifest.json").is_file():
         problems.append(f"--reference {args.reference}: no golden set here (manifest.json missing); make one with "
                         "--save-golden DIR")
+    problems += envelope_problems(args)
+    if args.reference_sha256 is not None:
+        if args.reference is None:
+            problems.append("--reference-sha256 pins a golden set: give the set with --reference DIR too")
+        elif (args.reference / "manifest.json").is_file():
+            from verify.golden import GoldenError, check_pin
+
+            try:
+                check_pin(args.reference, args.reference_sha256)
+            except GoldenError as e:
+                problems.append(f"--reference-sha256: {e}")
     if args.fp32_modules is not None:
         from verify.fp32_modules import load_fp32_modules
 
@@ -101,6 +112,22 @@ def problems_of(args) -> list:
     return problems
 
 
+def envelope_problems(args) -> list:
+    """--batch-sizes, --sizes, --fuzz and --seed well formed."""
+    from verify.cases import CasesError, parse_batch_sizes, parse_sizes
+
+    problems = []
+    for value, parse in ((args.batch_sizes, parse_batch_sizes), (args.sizes, parse_sizes)):
+        if value is not None:
+            try:
+                parse(value)
+            except CasesError as e:
+                problems.append(str(e))
+    if args.fuzz is not None and args.fuzz < 0:
+        problems.append(f"--fuzz {args.fuzz}: expected a number of cases >= 0")
+    return problems
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m verify.preflight", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, help="checkpoint folder to check")
@@ -115,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-golden", type=Path, help="golden set folder that must be writable")
     p.add_argument("--dataset", type=Path, help="ImageFolder dataset that must exist")
     p.add_argument("--out", type=Path, help="output folder that must be writable")
+    p.add_argument("--reference-sha256", help="sha256 the --reference set's manifest.json must have")
+    p.add_argument("--batch-sizes", help="extra batch sizes, e.g. 1,5,16")
+    p.add_argument("--sizes", help="extra image sizes, e.g. 224x224,336x512")
+    p.add_argument("--fuzz", type=int, help="number of extra random cases (>= 0)")
+    p.add_argument("--seed", type=int, help="seed of --fuzz")
     return p
 
 

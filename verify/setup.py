@@ -64,7 +64,11 @@ def prepare(args, opts: dict) -> Setup:
     reference, identity = load_weights(args.weights, require=args.require_weights)
     load_s = time.perf_counter() - t
     config = reference.config
-    plan = build_plan(opts["cases"], args.profile, config, prompts=opts["prompts"])
+    plan = build_plan(opts["cases"], args.profile, config, prompts=opts["prompts"],
+                      batch_sizes=args.batch_sizes or (), sizes=args.sizes or (), fuzz=args.fuzz, seed=args.seed or 0)
+    if plan.fuzz:
+        logger.info("fuzz: %d cases drawn from the envelope with seed %d (replay: %s)", args.fuzz, args.seed,
+                    plan.fuzz["replay"])
     if args.iters is not None:
         plan.iters = args.iters
     if args.warmup is not None:
@@ -93,7 +97,7 @@ def prepare(args, opts: dict) -> Setup:
             apply_fusions(setup.cpu_fused, fusion=args.fusion, device=torch.device("cpu"))
         setup.prepare_s = time.perf_counter() - t
         if args.reference:
-            setup.golden = GoldenReference(args.reference, identity, config, plan, device)
+            setup.golden = GoldenReference(args.reference, identity, config, plan, device, pin=args.reference_sha256)
             if setup.golden.environment_differences:
                 logger.info("golden set %s was made on another environment: %s", args.reference,
                             setup.golden.environment_differences)
