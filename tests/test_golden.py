@@ -112,3 +112,58 @@ def test_other_schema_and_incomplete_sets_are_refused(golden, tmp_path):
     with pytest.raises(GoldenError, match="info lacks"):
         save_golden(tmp_path / "new", {"x": torch.zeros(1)}, {"y": torch.zeros(1)}, {"weights": identity})
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+
+
+def test_a_file_edited_with_its_manifest_entry_is_refused_when_pinned(golden, tmp_path):
+    """The manifest alone vouches for itself; the sha256 of manifest.json, pinned by the user, does not."""
+    import shutil
+
+    from verify.golden import INPUTS, manifest_sha256
+    from vtp.weights import sha256_file
+
+    folder, reference, identity = golden
+    pin = manifest_sha256(folder)
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    data = bytearray((copy / OUTPUTS_NAME).read_bytes())
+    data[-1] ^= 1
+    (copy / OUTPUTS_NAME).write_bytes(bytes(data))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"][OUTPUTS_NAME]["sha256"] = sha256_file(copy / OUTPUTS_NAME)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    load_golden(copy, {"weights": identity})  # unpinned: the edited set passes its own checks
+    with pytest.raises(GoldenError, match="is not the pinned .* do not use it"):
+        load_golden(copy, {"weights": identity}, pin=pin)
+    assert load_golden(folder, {"weights": identity}, pin=pin.upper())[2]["files"][INPUTS]
+
+
+OUTPUTS_NAME = "reference.safetensors"
+
+
+def test_the_harness_pins_and_judges_against_a_trusted_devices_set(tmp_path, tiny_checkpoint, capsys):
+    """--save-golden records the manifest's sha256 and whose answers it holds; --reference-sha256 refuses
+    another set with exit 2 before any model runs; a candidate-made set says so in the summary."""
+    from verify import accuracy_eval
+    from verify.golden import manifest_sha256
+
+    cases = tmp_path / "cases.yaml"
+    cases.write_text("schema: vtp-cases/1\nversion: 1\nprompt_sets:\n  d: ['a dog', 'a cat']\nprofiles:\n"
+                     "  default:\n    images: ['1x32x32']\n    text: [d]\n    zero_shot_prompts: d\n"
+                     "    timing: ['1x32x32']\n    warmup: 0\n    iters: 1\n    repeat: true\n")
+    base = ["--device", "cpu", "--weights", str(tiny_checkpoint), "--cases", str(cases), "--quiet", "--no-timing"]
+    gold = tmp_path / "gold"
+    assert accuracy_eval.main(base + ["--out", str(tmp_path / "a"), "--save-golden", str(gold),
+                                      "--golden-source", "candidate"]) == 0
+    made = json.loads((tmp_path / "a" / "accuracy_summary.json").read_text())["golden_saved"]
+    assert made["manifest_sha256"] == manifest_sha256(gold) and made["source"] == "candidate"
+    assert json.loads((gold / "manifest.json").read_text())["reference"]["source"] == "candidate"
+    assert accuracy_eval.main(base + ["--out", str(tmp_path / "b"), "--reference", str(gold),
+                                      "--reference-sha256", made["manifest_sha256"]]) == 0
+    judged = json.loads((tmp_path / "b" / "accuracy_summary.json").read_text())
+    assert judged["golden_reference"]["source"]["source"] == "candidate" and judged["golden_reference"]["pinned"]
+    assert "the candidate's answers" in judged["reference"]["judged_against"]
+    capsys.readouterr()
+    assert accuracy_eval.main(base + ["--out", str(tmp_path / "c"), "--reference", str(gold),
+                                      "--reference-sha256", "0" * 64]) == 2
+    assert "is not the pinned" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "accuracy_summary.json").exists()

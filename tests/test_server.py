@@ -318,3 +318,61 @@ def test_cards_that_differ_fail_unless_the_kernels_are_nondeterministic(tmp_path
     assert [s["rank"] for s in consistency["suspects"]] == [2]
     assert summary["server"]["exit_code"] == code and summary["server"]["consistency_policy"] == policy
     assert summary["ranks"][2]["suspect"] and "cross-card" in summary["ranks"][2]["failed_gates"][0]
+
+
+def test_a_rank_never_judges_against_a_golden_set_an_earlier_run_left(tmp_path, monkeypatch):
+    """--reference-mode once: rank 0 wrote nothing this run, an old OUT/golden* holds a complete set: the
+    other ranks stop with an environment error instead of judging against it."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from verify.server import worker
+
+    for old in ("golden", "golden-0123456789ab"):
+        (tmp_path / old).mkdir()
+        (tmp_path / old / "manifest.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(worker, "certify", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(dist, "barrier", lambda group=None: None)
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda objs, src=0, group=None: None)  # rank 0 sent None
+    ctx = SimpleNamespace(is_main=False, initialized=True, device=SimpleNamespace(type="npu"))
+    code, how = worker.certify_with_reference(ctx, ["--quick"], tmp_path, "once", None)
+    assert code == 2 and "no golden set from rank 0" in how and calls == []
+
+
+def test_the_golden_set_is_this_runs_and_pinned(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from verify.server import worker
+
+    calls, sent, replay = [], [], []
+
+    def broadcast(objs, src=0, group=None):  # rank 0 records what it sends; rank 1 receives it in order
+        if replay:
+            objs[:] = replay.pop(0)
+        else:
+            sent.append(list(objs))
+
+    def certify(argv):
+        calls.append(argv)
+        if "--save-golden" in argv:
+            folder = Path(argv[argv.index("--save-golden") + 1])
+            folder.mkdir()
+            (folder / "manifest.json").write_text('{"x": 1}')
+        return 0
+
+    monkeypatch.setattr(worker, "certify", certify)
+    monkeypatch.setattr(dist, "barrier", lambda group=None: None)
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+    main = SimpleNamespace(is_main=True, initialized=True, device=SimpleNamespace(type="npu"))
+    assert worker.certify_with_reference(main, [], tmp_path, "once", None)[0] == 0
+    folder = Path(calls[0][calls[0].index("--save-golden") + 1])
+    assert folder.parent == tmp_path and folder.name.startswith("golden-") and folder.name != "golden-"
+    replay.extend(sent)  # rank 1 receives rank 0's token and pin
+    other = SimpleNamespace(is_main=False, initialized=True, device=SimpleNamespace(type="npu"))
+    code, how = worker.certify_with_reference(other, [], tmp_path, "once", None)
+    assert code == 0 and calls[-1][calls[-1].index("--reference") + 1] == str(folder)
+    assert calls[-1][calls[-1].index("--reference-sha256") + 1] == sent[1][0] and len(sent[1][0]) == 64

@@ -31,8 +31,12 @@ def save_candidate_outputs(path: Path, runs) -> None:
 
 
 # --------------------------------------------------------------------------------------------- golden sets
-def save_golden_set(folder: Path, runs, identity: dict, config, plan) -> Path:
-    from verify.golden import save_golden
+def save_golden_set(folder: Path, runs, identity: dict, config, plan, source: str = "reference",
+                    candidate: dict = None) -> dict:
+    """Write the inputs and the answers of every case as a golden set; ``source`` "reference" (the CPU fp32
+    reference) or "candidate" (this run's device: ``candidate`` = {"device", "precision", "fusion"}).
+    Returns {"path", "manifest_sha256", "source"} for the summary."""
+    from verify.golden import manifest_sha256, save_golden
 
     inputs, outputs = {}, {}
     for run in runs:
@@ -40,25 +44,35 @@ def save_golden_set(folder: Path, runs, identity: dict, config, plan) -> Path:
             for kind in ("images", "text"):
                 if given.get(kind) is not None:
                     inputs[f"{run.case.id}@{call}/{kind}"] = given[kind].contiguous()
-        for call, outs in run.reference.items():
+        answers = run.reference if source == "reference" else run.candidate
+        for call, outs in answers.items():
+            if call not in REFERENCE_CALLS:
+                continue
             for name, t in outs.items():
                 outputs[f"{run.case.id}@{call}/{name}"] = t.contiguous()
-    path = save_golden(folder, inputs, outputs, {
-        "weights": identity, "config": config, "cases": plan.to_dict(),
-        "reference": {"device": "cpu", "precision": "fp32", "fusion": "none"}})
-    logger.info("golden set written to %s (%d inputs, %d reference outputs)", folder, len(inputs), len(outputs))
-    return path
+    made_by = ({"device": "cpu", "precision": "fp32", "fusion": "none"} if source == "reference"
+               else dict(candidate or {}))
+    save_golden(folder, inputs, outputs, {"weights": identity, "config": config, "cases": plan.to_dict(),
+                                          "reference": {**made_by, "source": source}})
+    sha = manifest_sha256(folder)
+    logger.info("golden set written to %s (%d inputs, %d %s outputs); manifest.json sha256 %s: pin it with "
+                "--reference %s --reference-sha256 %s", folder, len(inputs), len(outputs), source, sha, folder, sha)
+    return {"path": str(folder), "manifest_sha256": sha, "source": source, **made_by}
 
 
 class GoldenReference:
     """The inputs and reference answers of a golden set, looked up by case and call."""
 
-    def __init__(self, folder: Path, identity: dict, config, plan, device=None):
-        from verify.golden import environment_differences, load_golden
+    def __init__(self, folder: Path, identity: dict, config, plan, device=None, pin: str = None):
+        from verify.golden import environment_differences, load_golden, manifest_sha256
 
         self.folder = folder
         self.inputs, self.outputs, self.manifest = load_golden(
-            folder, {"weights": identity, "config": config, "cases": plan.to_dict()})
+            folder, {"weights": identity, "config": config, "cases": plan.to_dict()}, pin=pin)
+        self.manifest_sha256 = manifest_sha256(folder)
+        self.pinned = pin is not None
+        self.source = dict(self.manifest.get("reference") or {})
+        self.source.setdefault("source", "reference")  # sets made before the source was recorded
         self.environment_differences = environment_differences(self.manifest, device)
 
     def case_inputs(self, case, call: str, described) -> dict:

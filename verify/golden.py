@@ -19,6 +19,13 @@ manifest.json::
 `load_golden` refuses (GoldenError, a ValueError) a set of another schema, one made with other weights,
 config or cases than expected, and a file whose sha256 differs from the manifest: the message says
 what differs and what to do. The manifest is written last, so an interrupted save leaves no usable set.
+
+The manifest cannot vouch for itself (a file edited together with its sha256 in the manifest passes the
+checks above), so the user pins it: ``--save-golden`` prints and records `manifest_sha256`, and
+``--reference DIR --reference-sha256 HEX`` refuses a set whose manifest.json has another sha256.
+A set holds the CPU reference's answers (``"source": "reference"``) or a trusted device's
+(``--golden-source candidate``: a validated GPU, an NPU certified on an earlier driver), named in
+``reference.source`` of the manifest and in the summary of every run judged against it.
 """
 
 from __future__ import annotations
@@ -164,16 +171,32 @@ def _first_difference(a, b, path="") -> str:
     return f"{path.rstrip('.') or 'value'}: {repr(a)[:80]} vs {repr(b)[:80]}"
 
 
-def load_golden(folder, expect: dict):
+def manifest_sha256(folder) -> str:
+    """The sha256 of the set's manifest.json file: what a user pins with --reference-sha256."""
+    return sha256_file(Path(folder) / MANIFEST)
+
+
+def check_pin(folder, pin: str) -> None:
+    """GoldenError unless the manifest.json in ``folder`` has the sha256 ``pin`` (hex, case-insensitive)."""
+    actual = manifest_sha256(folder)
+    if actual != str(pin).strip().lower():
+        raise GoldenError(f"{Path(folder) / MANIFEST}: sha256 {actual} is not the pinned {pin} "
+                          "(--reference-sha256): this is not the golden set you trusted; do not use it")
+
+
+def load_golden(folder, expect: dict, pin: str = None):
     """(inputs, outputs, manifest) of the set in ``folder``, after checking it.
 
     expect: any of "weights" (identity), "config" (VTPConfig or dict), "cases" - each must equal what the set
-    was made with. Every file's sha256 must match the manifest. GoldenError otherwise.
+    was made with. Every file's sha256 must match the manifest, and the manifest's own sha256 ``pin`` when
+    given. GoldenError otherwise.
     """
     from safetensors.torch import load_file
 
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if pin is not None:
+        check_pin(folder, pin)
     wanted = {}
     if "weights" in expect:
         wanted["weights"] = weights_key(expect["weights"])
@@ -212,5 +235,5 @@ def environment_differences(manifest: dict, device=None) -> dict:
     return {k: (there.get(k), here.get(k)) for k in sorted(set(here) | set(there)) if there.get(k) != here.get(k)}
 
 
-__all__ = ["GoldenError", "SCHEMA", "environment_differences", "kit_version", "load_golden", "read_manifest",
-           "save_golden", "weights_key"]
+__all__ = ["GoldenError", "SCHEMA", "check_pin", "environment_differences", "kit_version", "load_golden",
+           "manifest_sha256", "read_manifest", "save_golden", "weights_key"]

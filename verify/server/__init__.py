@@ -15,7 +15,7 @@ The launcher starts ``python -m torch.distributed.run --standalone --nproc-per-n
 3. runs the whole certification on its own card, in process: ``verify.accuracy_eval`` with ``--out
    OUT/rank<k> --device <its device> --save-outputs`` plus the options after ``--``, against the CPU fp32
    reference, the same inputs on every rank; the reference is computed once by rank 0 and shared as a
-   golden set (OUT/golden; ``--reference-mode once``, the default on NPU/GPU) or by every rank
+   golden set (OUT/golden-<token>, this run's only; ``--reference-mode once``, the default on NPU/GPU) or by every rank
    (``per-rank``, the default on a CPU-only host, where the ranks share the CPU anyway);
 4. sends its result to rank 0, which compares the ranks' outputs bit for bit (``verify.server.consistency``) and
    writes OUT/accuracy_summary.json: the representative rank's summary, ``ranks`` (one row per rank:

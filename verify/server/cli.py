@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--consistency", choices=["fail", "warn"], default="fail",
                    help="cards whose outputs differ from the majority: fail the run (default) or only report")
     p.add_argument("--reference-mode", choices=["auto", "once", "per-rank"], default="auto",
-                   help="the CPU fp32 reference: computed once by rank 0 and shared as a golden set in OUT/golden "
+                   help="the CPU fp32 reference: computed once by rank 0 and shared as a golden set in OUT/golden-<token> "
                         "(once: 1/N of the CPU work; OUT must be shared across nodes), or by every rank in "
                         "parallel (per-rank: faster on a CPU-only host); auto (default): once on NPU/GPU, "
                         "per-rank on the CPU. A --reference DIR after -- is used by every rank")

@@ -15,6 +15,7 @@ import datetime
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,8 @@ def _prepare_out(out: Path) -> None:
         (out / SUMMARY_NAME).unlink(missing_ok=True)  # an earlier run's verdict must not stand
         for folder in out.glob("rank*"):
             (folder / STATUS_NAME).unlink(missing_ok=True)
+        for folder in out.glob("golden-*"):  # an earlier run's shared reference: never judged against again
+            shutil.rmtree(folder, ignore_errors=True)
     except OSError as exc:
         raise SystemExit(f"error: --out {out}: cannot use it as the output folder ({exc})") from None
 

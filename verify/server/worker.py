@@ -92,24 +92,38 @@ def reference_mode(requested: str, ctx, argv: list) -> str:
 def certify_with_reference(ctx, argv: list, out: Path, requested: str, group) -> tuple:
     """(exit code, how the reference was had): per rank, or computed once by rank 0 and shared.
 
-    In "once" mode rank 0 certifies first and saves the CPU reference as a golden set in OUT/golden; the
-    other ranks wait for it (a barrier bounded by --timeout) and judge against it. If rank 0 could not
-    write it, each rank computes its own reference.
+    In "once" mode rank 0 certifies first and saves the CPU reference as a golden set in a folder of this
+    run only (OUT/golden-<token>, the token drawn by rank 0 and broadcast), then broadcasts the sha256 of its
+    manifest; the other ranks wait for it (a barrier bounded by --timeout) and judge against that set,
+    pinned by that sha256. A set that is missing is an environment error on the rank (exit 2): a rank never
+    falls back to a folder an earlier run left behind.
     """
+    import uuid
+
     import torch.distributed as dist
 
     mode = reference_mode(requested, ctx, argv)
     if mode != "once":
         return certify(argv), {"given": "the golden set given with --reference"}.get(mode, "computed by this rank")
-    golden = out / "golden"
+    token = [uuid.uuid4().hex[:12] if ctx.is_main else None]
+    dist.broadcast_object_list(token, src=0, group=group)
+    golden = out / f"golden-{token[0]}"
     code = certify(argv + ["--save-golden", str(golden)]) if ctx.is_main else None
+    pin = [None]
+    if ctx.is_main and (golden / "manifest.json").is_file():
+        from verify.golden import manifest_sha256
+
+        pin = [manifest_sha256(golden)]
     dist.barrier(group=group)
+    dist.broadcast_object_list(pin, src=0, group=group)
     if ctx.is_main:
         return code, f"computed by this rank and shared as {golden}"
-    if (golden / "manifest.json").is_file():
-        return certify(argv + ["--reference", str(golden)]), f"golden set {golden} from rank 0"
-    logger.warning("rank 0 wrote no golden set at %s: this rank computes its own reference", golden)
-    return certify(argv), "computed by this rank (rank 0 wrote no golden set)"
+    if pin[0] is None or not (golden / "manifest.json").is_file():
+        logger.error("rank 0 wrote no golden set for this run at %s: this card cannot be judged against it "
+                     "(see rank 0's log); rerun, or use --reference-mode per-rank", golden)
+        return EXIT_ENV, f"no golden set from rank 0 at {golden} (environment error)"
+    return (certify(argv + ["--reference", str(golden), "--reference-sha256", pin[0]]),
+            f"golden set {golden} from rank 0 (manifest sha256 {pin[0][:16]}...)")
 
 
 def _selftest(rank: int, stage: str) -> None:
