@@ -52,13 +52,17 @@ def load_1min() -> Optional[float]:
 
 def free_cores(own_threads: int = 0, load: Optional[float] = None, cores: Optional[int] = None) -> int:
     """floor(usable cores - load of the other processes), at least 1. ``own_threads``: threads of this
-    process already running and so already counted in the load average (0 before the work starts)."""
+    process already running and so already counted in the load average (0 before the work starts). Under
+    torchrun (LOCAL_WORLD_SIZE > 1) each rank gets its share of the cores."""
     cores = usable_cores() if cores is None else cores
+    ranks_here = os.environ.get("LOCAL_WORLD_SIZE", "")  # torchrun: the ranks of this node share its cores
+    ranks = int(ranks_here) if ranks_here.isdigit() and int(ranks_here) > 1 else 1
     load = load_1min() if load is None else load
     if load is None:
-        return cores
-    others = max(0.0, load - own_threads)
-    return max(1, min(cores, math.floor(cores - others + 0.25)))  # a load of 0.8 on a free core still leaves it
+        return max(1, cores // ranks)
+    others = max(0.0, load - own_threads * ranks)
+    free = math.floor(cores - others + 0.25)  # a load of 0.8 on a free core still leaves it
+    return max(1, min(cores, free) // ranks)
 
 
 def _forced() -> Optional[str]:
@@ -117,13 +121,18 @@ def apply_threads(torch_module=None) -> dict:
 
 
 _SET_BY_US: set = set()
+_FIRST: list = []
 
 
 def prepare(record_to: Optional[dict] = None) -> dict:
     """configure_before_torch_import(), remembering which variables it set (so that apply_threads() does
     not mistake them for the user's). The entry points call this first, then apply_threads() later."""
-    record = configure_before_torch_import()
-    _SET_BY_US.update(record["set"])
+    if _FIRST:
+        record = _FIRST[0]  # once per process: a second call would take our own settings for the user's
+    else:
+        record = configure_before_torch_import()
+        _SET_BY_US.update(record["set"])
+        _FIRST.append(record)
     if record_to is not None:
         record_to.update(record)
     return record
