@@ -58,6 +58,15 @@ def check_options(args) -> dict:
     if args.reference is not None and not (args.reference / "manifest.json").is_file():
         raise UsageError(f"--reference {args.reference}: no golden set here (manifest.json missing); make one with "
                          "--save-golden DIR")
+    envelope_options(args)
+    if args.reference_sha256 is not None:
+        if args.reference is None:
+            raise UsageError("--reference-sha256 pins a golden set: give the set with --reference DIR too")
+        from verify.golden import check_pin
+
+        check_pin(args.reference, args.reference_sha256)
+    if args.golden_source != "reference" and not args.save_golden:
+        raise UsageError("--golden-source chooses what --save-golden DIR holds: give --save-golden DIR too")
     given = args.prompt or args.prompts_file or args.legacy_prompts
     device = resolve_device(args.device)
     from verify.levels import resolve as resolve_level
@@ -67,6 +76,23 @@ def check_options(args) -> dict:
     return {"device": device, "thresholds": load_thresholds(args.thresholds),
             "cases": load_cases(args.cases), "prompts": prompts_from_args(args) if given else None,
             "fp32_modules": fp32_modules, "level": level}
+
+
+def envelope_options(args) -> None:
+    """--batch-sizes, --sizes, --fuzz and --seed parsed in place (CasesError, exit 2, when malformed); a
+    --fuzz without --seed gets a new seed, recorded in the summary so that the run can be replayed."""
+    import random
+
+    from verify.cases import CasesError, parse_batch_sizes, parse_sizes
+
+    if isinstance(args.batch_sizes, str):
+        args.batch_sizes = parse_batch_sizes(args.batch_sizes)
+    if isinstance(args.sizes, str):
+        args.sizes = parse_sizes(args.sizes)
+    if args.fuzz < 0:
+        raise CasesError(f"--fuzz {args.fuzz}: expected a number of cases >= 0")
+    if args.fuzz and args.seed is None:
+        args.seed = random.SystemRandom().randrange(1_000_000)
 
 
 # --------------------------------------------------------------------------------------------- the pipeline
@@ -87,13 +113,18 @@ def evaluate(args, opts: dict) -> tuple:
         level = levels.finish(opts["level"], level, setup=setup, runs=runs, calls=calls, precision=args.precision)
         setup.cpu_fused = None                                             # its memory back before localisation
         divergence, clock["locate_s"] = locate_on_fail(args, setup, runs, calls)  # the first divergent module
+        golden_saved = None
         if args.save_golden:
-            save_golden_set(args.save_golden, runs, setup.identity, setup.config, setup.plan)
+            golden_saved = save_golden_set(args.save_golden, runs, setup.identity, setup.config, setup.plan,
+                                           source=args.golden_source, candidate={
+                                               "device": str(setup.device), "precision": args.precision,
+                                               "fusion": args.fusion})
     finally:
         setup.close()
     checks.append(coverage_check(setup))
     checks += levels.burn_in_check(level)
     summary = build_summary(args, opts, setup, calls, checks, runs, divergence, clock)
+    summary["golden_saved"] = golden_saved
     level_lines = levels.annotate(summary, opts["level"], level)      # level, spot checks, burn-in, CONTENDED
     extras = {"divergence": divergence, "fusion": _fusion_dict(setup.fusion_report)}
     return summary, summary_lines(summary) + level_lines, runs, extras
@@ -152,11 +183,13 @@ def locate_on_fail(args, setup, runs, calls) -> tuple:
 
 
 def coverage_check(setup) -> dict:
-    """What the plan covered and its gaps (verify.cases.coverage), as a check that reports, never fails."""
-    from verify.cases import coverage
+    """What the plan covered of the operating envelope and its gaps (verify.envelope), as a check that reports,
+    never fails: the profile is the user's choice."""
+    from verify.envelope import coverage
 
     plan, config = setup.plan, setup.config
-    cover = coverage(plan, setup.tokenizer, config.text_vocab_size, config.text_context_length)
+    cover = coverage(plan, setup.tokenizer, config.text_vocab_size, config.text_context_length,
+                     config.vision_patch_size)
     for gap in cover["gaps"]:
         logger.warning("coverage: %s (profile %s)", gap, plan.profile)
     return {"check": "coverage", "id": f"profile {plan.profile}", "verdict": "PASS", "detail": cover,
@@ -220,6 +253,10 @@ def build_summary(args, opts, setup, calls, checks, runs, divergence, clock) -> 
                      "run checks the fusion layer and the precision, not a device") if on_cpu else None,
         },
         "reference": {"device": "cpu", "precision": "fp32", "fusion": "none",
+                      "judged_against": (f"golden set {args.reference}: the {golden.source['source']}'s answers "
+                                         f"({golden.source.get('device', '?')}, {golden.source.get('precision', '?')}"
+                                         f"{', pinned by sha256' if golden.pinned else ', not pinned'})"
+                                         if golden is not None else "the CPU fp32 reference, computed in this run"),
                       "same_precision": (f"the reference model on the CPU at {args.precision}: the candidate's "
                                          "error is judged against its error (gate max_error_ratio)")
                       if args.precision != "fp32" else None},
@@ -230,6 +267,8 @@ def build_summary(args, opts, setup, calls, checks, runs, divergence, clock) -> 
                        "version": thresholds["version"], "precision": args.precision,
                        "values": select_thresholds(thresholds, args.precision)},
         "golden_reference": ({"path": str(args.reference), "kit": golden.manifest.get("kit_version"),
+                              "source": golden.source, "manifest_sha256": golden.manifest_sha256,
+                              "pinned": golden.pinned,
                               "environment_differences": golden.environment_differences}
                              if golden is not None else None),
         "fp32_modules": opts.get("fp32_modules"),
@@ -316,6 +355,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, metavar="DIR",
                    help="judge against the golden set in DIR instead of recomputing the CPU fp32 reference "
                         "(refused when made with other weights, config or cases, or tampered with)")
+    p.add_argument("--reference-sha256", metavar="HEX",
+                   help="with --reference: the sha256 of the set's manifest.json you trust (printed by --save-golden); "
+                        "a set whose manifest differs is refused (exit 2)")
+    p.add_argument("--golden-source", choices=["reference", "candidate"], default="reference",
+                   help="with --save-golden: whose answers the set holds: the CPU fp32 reference (default) or this "
+                        "run's candidate (a trusted device, e.g. a validated GPU, to judge other devices against)")
+    p.add_argument("--batch-sizes", metavar="LIST",
+                   help="your envelope: also run every image task at these batch sizes (at the profile's first "
+                        "size) and the text tower on that many prompts, e.g. 1,5,16")
+    p.add_argument("--sizes", metavar="LIST",
+                   help="your envelope: also run every image task at batch 1 at these sizes, e.g. 224x224,336x512 "
+                        "(multiples of the patch size)")
+    p.add_argument("--fuzz", type=int, default=0, metavar="N",
+                   help="N extra cases drawn at random from the operating envelope (batch, sequence length, "
+                        "prompt count and length; verify/envelope.py); recorded with their seed, replayable")
+    p.add_argument("--seed", type=int, metavar="S",
+                   help="seed of --fuzz (default: a new one each run, printed and recorded: rerun with it to "
+                        "replay the same cases)")
     p.add_argument("--fp32-modules", type=Path, metavar="FILE",
                    help="fp16/bf16: keep these modules in fp32 (a file written by python -m verify.bisection precision)")
     p.add_argument("--save-outputs", action="store_true",
