@@ -21,6 +21,7 @@ import io
 import math
 from pathlib import Path
 
+from verify.report.burn_in import burn_in_html
 from verify.report.fmt import _ms, _num
 from verify.report.glance import GLANCE_CSS, case_anchor, glance_html
 from verify.report.summary import _d, environment_of, tensor_rows, timing_rows, verdict_of
@@ -329,6 +330,7 @@ def render_html(summary: dict, *, divergence=None, recon_images=None, fusion=Non
                  f'{_fusion_section(summary, fusion)}</details>')
     parts = [glance_html(summary, _e), note, _divergence_section(divergence, plots_ok),
              _recon_section(recon_images, synthetic), _timing_section(summary, plots_ok),
+             burn_in_html(summary, _e, plots_ok),
              '<h2 id="details">Details</h2>', details]
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>VTP verification: "
             f"{_e(verdict_of(summary, '-'))}</title><style>{_CSS}{GLANCE_CSS}</style></head><body>{''.join(parts)}"
