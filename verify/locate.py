@@ -33,15 +33,18 @@ error to fp32 for every module output and input). Rows of a module tensor are it
 or a position's features); the task outputs are judged exactly as the verdict judges them (its row layouts:
 latent position, 16x16 tile). ``max_rel_err`` (mean elementwise relative error) is recorded but does not
 decide inside the model: on intermediate activations full of near-zero values (GELU, attention) it flags
-approximations that the final outputs absorb (the tanh GELU of the fusion layer). ``verdict`` is FAIL when a
-module output or a task output fails.
+approximations that the final outputs absorb (the tanh GELU of the fusion layer). For fp16/bf16 an absolute
+gate that the same-precision reference fails itself at that module is the precision's error, not the
+candidate's, and does not decide there (the ratio gates judge the candidate's share). ``verdict`` is FAIL when
+a module output or a task output fails.
 
 **First divergent module, never guessed**: hooks fire after a module's children, so the first failing module
 call (in firing order) whose inputs agree (measured: every module's inputs are judged) is the deepest module
 that makes the error. Without child module calls the error is inside it (scope "module"). With children, the
 failing ones all had differing inputs, so the error is in its own code: between the last child whose output
 agrees and the first child whose inputs differ (scope "between"). If no failing module has agreeing inputs,
-the error is in the task's own code outside any module: before the first module the task calls when that
+the deepest module enclosing the first failure whose inputs agree is named the same way (its output may
+still pass: the error was absorbed), and without one the error is in the task's own code: before the first module the task calls when that
 module's inputs already differ (scope "before_first_module"), else between two top-level modules. A failing
 child whose inputs cannot be paired (different counts) makes the answer "unresolved", naming it.
 
@@ -293,11 +296,10 @@ def _same_precision_pass(same_model, reference, images, text, plan, ctx) -> dict
 
     def on_pair(key, same, ref):
         name, call, idx = key
-        errs = same_precision_errors(name, same["out"], ref["out"], patch) if same["out"].shape == ref["out"].shape \
-            else None
+        errs = _same_facts(name, same["out"], ref["out"], ctx) if same["out"].shape == ref["out"].shape else None
         inp = None
         if idx == 0 and len(same["inp"]) == len(ref["inp"]):
-            inp = [same_precision_errors(f"{name}:input{i}", a, b, patch)
+            inp = [_same_facts(f"{name}:input{i}", a, b, ctx)
                    if a.is_floating_point() and b.is_floating_point() and a.shape == b.shape else None
                    for i, (a, b) in enumerate(zip(same["inp"], ref["inp"]))]
         with lock:
@@ -314,6 +316,22 @@ def _same_precision_pass(same_model, reference, images, text, plan, ctx) -> dict
     return found
 
 
+def _same_facts(name, same, ref, ctx) -> dict:
+    """The same-precision reference's own errors (for the ratio gates) and the absolute gates it fails itself."""
+    judged = judge_tensor(name, same, ref, ctx["thresholds"], ctx["precision"], ctx["patch"], require_same=False)
+    return {"errors": same_precision_errors(name, same, ref, ctx["patch"]),
+            "fails": {f["gate"] for f in module_failures(judged)}}
+
+
+def _decisive(judged, same_facts) -> list:
+    """A module tensor's decisive failures: `module_failures`, less the absolute gates that the same-precision
+    reference fails too at that tensor (fp16/bf16: the precision's own error, not the candidate's; the ratio
+    gates judge the candidate's share of it)."""
+    fails = module_failures(judged)
+    shared = (same_facts or {}).get("fails") or set()
+    return [f for f in fails if f["gate"] not in shared or f["gate"] in ("nonfinite", "shape", "metrics")]
+
+
 def _judge_inputs(name, call, cand_inp, ref_inp, ctx, same):
     """(inputs_agree: True/False measured, or None when they cannot be paired, worst input rel_l2, failures)."""
     if not cand_inp or len(cand_inp) != len(ref_inp):
@@ -328,10 +346,10 @@ def _judge_inputs(name, call, cand_inp, ref_inp, ctx, same):
                 failures.append({"input": i, "gate": "equal", "metric": "integer input equal", "value": False,
                                  "threshold": True})
             continue
-        errs = same_in[i] if same_in is not None and i < len(same_in) else None
+        facts = same_in[i] if same_in is not None and i < len(same_in) else None
         judged = judge_tensor(f"{name}:input{i}", a, b, ctx["thresholds"], ctx["precision"], ctx["patch"],
-                              same_errors=errs, require_same=False)
-        fails = module_failures(judged)
+                              same_errors=(facts or {}).get("errors"), require_same=False)
+        fails = _decisive(judged, facts)
         failures += [{"input": i, **f} for f in fails]
         m = judged["metrics"].get("metrics") or {}
         v = m.get("relative_l2_error")
@@ -359,18 +377,18 @@ def _locate_task(result, task, case, reference, candidate, images, text, plan, c
     def on_pair(key, cand, ref):
         name, call, idx = key
         pair = compare_pair(cand["out"], ref["out"])
-        same_out = same["outputs"].get(key) if same is not None else None
-        judged = judge_tensor(name, cand["out"], ref["out"], thresholds, precision, patch, same_errors=same_out,
-                              require_same=False)
-        fails = module_failures(judged)
+        facts = same["outputs"].get(key) if same is not None else None
+        judged = judge_tensor(name, cand["out"], ref["out"], thresholds, precision, patch,
+                              same_errors=(facts or {}).get("errors"), require_same=False)
+        fails = _decisive(judged, facts)
         entry = {"index": ref["seq"], "start": ref["start"], "task": task, "case": case, "module": name,
                  "class": type(cand_modules[name]).__name__, "reference_class": type(ref_modules[name]).__name__,
                  "call": call, "output": idx, "depth": _depth(name),
                  "verdict": "FAIL" if fails else "PASS", "failed": fails,
                  "gates": judged["gates"], "candidate": pair["candidate"], "reference": pair["reference"],
                  "metrics": pair["metrics"]}
-        if same_out is not None:  # the same-precision reference's own error here (fp16/bf16), for the depth plot
-            entry["same_precision"] = same_out
+        if facts is not None:  # the same-precision reference's own error here (fp16/bf16), for the depth plot
+            entry["same_precision"] = facts["errors"]
         if judged.get("not_judged"):
             entry["not_judged"] = judged["not_judged"]
         if idx == 0:  # the inputs of this module call, compared for every module
@@ -477,6 +495,11 @@ def _firsts(info, layers, task, case) -> None:
     failing = [c for c in calls if c["verdict"] == "FAIL"]
     if failing:
         parent = next((c for c in failing if c["inputs_agree"] is True), None)
+        if parent is None:  # the deepest module enclosing the first failure whose inputs agree (it may pass)
+            f = failing[0]
+            enclosing = [c for c in calls if c["start"] is not None and f["start"] is not None
+                         and c["start"] < f["start"] and f["end"] < c["end"] and c["inputs_agree"] is True]
+            parent = max(enclosing, key=lambda c: c["start"], default=None)
         info["first_divergent"] = _explain(parent, calls, failing, task, case)
     for e in layers:
         if e["verdict"] != "UNMATCHED" and e["metrics"] and e["metrics"]["candidate_only_nonfinite"]:
@@ -498,14 +521,15 @@ def _explain(parent, calls, failing, task, case) -> dict:
     elif kids:
         before = kids[-1]["module"]
     where = parent["module"] if parent else None
-    shown = parent or (failing[0] if failing else None)
+    shown = parent if parent is not None and parent["verdict"] == "FAIL" else failing[0]
     gate = (shown["failed"] or [{}])[0] if shown else {}
     fd = {"task": task, "case": case, "call": parent["call"] if parent else None,
           "metric": gate.get("metric"), "gate": gate.get("gate"), "value": gate.get("value"),
           "threshold": gate.get("threshold"), "enclosing": where, "between": None}
     if parent is not None:
         e = parent["entry"]
-        fd.update({"class": e["class"], "reference_class": e["reference_class"], "inputs_agree": True})
+        fd.update({"class": e["class"], "reference_class": e["reference_class"], "inputs_agree": True,
+                   "enclosing_verdict": parent["verdict"]})
     if unknown and (first_bad is None or kids.index(unknown[0]) < first_bad):
         fd.update(scope="unresolved", module=unknown[0]["module"],
                   explanation=f"the error is in the code of {where or 'the task outside any module'} or inside "
