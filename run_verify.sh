@@ -176,7 +176,6 @@ while (($#)); do
             exit 0
             ;;
         *)
-            usage >&2
             usage_error "unknown option: $1"
             ;;
     esac
@@ -197,6 +196,14 @@ if [[ -z "$OUT" ]]; then
     OUT="verify_out/$(date +%Y%m%d-%H%M%S)"
     [[ ! -e "$OUT" ]] || OUT="$OUT-$$"
 fi
+OUT_IS_NEW=0 PARENT_IS_NEW=0
+[[ -e "$OUT" ]] || OUT_IS_NEW=1
+[[ -e "$(dirname -- "$OUT")" ]] || PARENT_IS_NEW=1
+# A run refused before it starts leaves nothing behind: the folder it made for itself goes again.
+drop_new_out() {
+    ((!OUT_IS_NEW)) || rm -rf -- "$OUT"
+    ((!PARENT_IS_NEW)) || rmdir -- "$(dirname -- "$OUT")" 2>/dev/null || true
+}
 if ! mkdir -p "$OUT" 2>/dev/null || ! : 2>/dev/null >>"$OUT/.write-test"; then
     printf 'run_verify.sh: --out %s: cannot create or write to this folder; choose a writable folder with --out DIR\n' \
         "$OUT" >&2
@@ -216,6 +223,8 @@ if ! flock -n 9; then
 fi
 printf 'run_verify.sh pid %s, started %s on %s\n' "$$" "$(date '+%Y-%m-%d %H:%M:%S')" "$(hostname)" \
     >"$OUT/.run_verify.owner"
+# The lock files go when this shell exits, however it exits (the lock itself is released with file descriptor 9).
+trap 'rm -f -- "$LOCK" "$OUT/.run_verify.owner"' EXIT
 
 # The package is imported from this checkout, whatever the current directory (no install needed).
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -239,9 +248,11 @@ for prompt in "${PROMPTS[@]+"${PROMPTS[@]}"}"; do pre_args+=(--prompt "$prompt")
 [[ -z "$SEED" ]] || pre_args+=(--seed "$SEED")
 if ! "$PYTHON" -m verify.preflight "${pre_args[@]}"; then
     printf "run_verify.sh: fix the options above, then run again. Try 'bash run_verify.sh --help'.\n" >&2
+    drop_new_out
     exit 2
 fi
 if [[ -n "$PROMPTS_FILE" && ! -r "$PROMPTS_FILE" ]]; then
+    drop_new_out
     usage_error "--prompts-file $PROMPTS_FILE: no such readable file"
 fi
 
@@ -401,7 +412,8 @@ fi
 say ""
 say "===== run_verify.sh verdict ====="
 if [[ -f "$OUT/accuracy_summary.json" && $eval_rc -ne 2 ]]; then
-    "$PYTHON" -m verify.report "$OUT" 2>&1 | tee -a "$CONSOLE" || true
+    # the short form: the per-case table and every failure line are in log.txt and report.html
+    "$PYTHON" -m verify.report "$OUT" --brief 2>&1 | tee -a "$CONSOLE" || true
 fi
 
 case "$demo_rc" in 0) demo_text="OK" ;; *) demo_text="FAILED (exit $demo_rc)" ;; esac
@@ -433,9 +445,18 @@ say "accuracy and timing   $eval_text"
 printf 'VERDICT: %s\n' "$verdict"
 printf 'VERDICT: %s\n' "$plain" >>"$LOG"
 printf 'VERDICT: %s\n' "$plain" >>"$CONSOLE"
-say "outputs: $OUT"
-for name in log.txt console.txt env.json output/reconstructed.png output/input.png accuracy_summary.json \
-    report.html divergence.json fusion_result.json; do
-    [[ ! -e "$OUT/$name" ]] || say "  $OUT/$name"
+# The last screen: the cause and place, the case matrix (or a row per card), the outputs, how to open the report.
+glance=""
+if [[ -f "$OUT/accuracy_summary.json" && $eval_rc -ne 2 ]]; then
+    glance="$("$PYTHON" -m verify.report "$OUT" --glance 2>/dev/null)" || true
+fi
+[[ -z "$glance" ]] || say "${glance%$'\n'*}"
+outputs=()
+for name in log.txt console.txt env.json output/ accuracy_summary.json report.html divergence.json \
+    fusion_result.json torchrun.log eval/ rank0/ rank1/ rank2/ rank3/ rank4/ rank5/ rank6/ rank7/; do
+    [[ ! -e "$OUT/$name" ]] || outputs+=("$name")
 done
+if [[ -d "$OUT/rank8" ]]; then outputs+=("rank<k>/ ($(find "$OUT" -maxdepth 1 -name 'rank[0-9]*' -type d | wc -l) cards)"); fi
+say "outputs in $OUT: ${outputs[*]}"
+[[ -z "$glance" ]] || say "${glance##*$'\n'}"
 exit "$status"

@@ -1,6 +1,7 @@
 """verify.compare: two runs side by side; regressions, environment differences, schema /1 and /2, bad input."""
 
 import json
+import re
 
 import pytest
 
@@ -88,3 +89,44 @@ def test_bad_input_exits_2(tmp_path, capsys, content, words):
         (bad / "accuracy_summary.json").write_text(content)
     assert main([str(good), str(bad)]) == 2
     assert words in capsys.readouterr().err
+
+
+def server(folder, rank_summary, verdict="PASS"):
+    """A whole-server run folder: the launcher's summary (no cases of its own) and rank<k>/ summaries."""
+    for rank in (0, 1):
+        _write(folder / f"rank{rank}", rank_summary)
+    top = {k: v for k, v in rank_summary.items() if k not in ("cases", "checks")}
+    top.update(verdict=verdict, representative_rank=0, overall={"verdict": verdict, "reasons": []},
+               ranks=[{"rank": r, "device": "cpu", "verdict": verdict} for r in (0, 1)],
+               server={"schema": "vtp-server-summary/1", "world_size": 2, "exit_code": 0})
+    return _write(folder, top)
+
+
+def test_a_single_run_and_a_server_run_compare_row_by_row(tmp_path, capsys):
+    single = _write(tmp_path / "single", v2())
+    multi = server(tmp_path / "server", v2())
+    assert main([str(single), str(multi)]) == 0  # the server's rows are its representative card's
+    text = capsys.readouterr().out
+    assert "missing in B" not in text and "regressions: none" in text
+    assert "(server run, 2 cards (rows of rank 0))" in text and "what changed: nothing" in text
+    assert (multi / "compare.html").is_file()
+
+
+def test_what_changed_leads_with_the_fault_and_the_first_divergent_module(tmp_path, capsys):
+    clean = _write(tmp_path / "clean", v2())
+    bad = v2("FAIL", rel_l2=0.01)
+    bad["candidate"]["injected_fault"] = {"module": "trunk.blocks.3.attn", "fault": 1.02}
+    bad["divergence"] = {"first_divergent": {"module": "trunk.blocks.3.attn", "gate": "max_rel_l2", "value": 0.02,
+                                             "threshold": 0.002, "metric": "relative_l2_error"}}
+    faulty = _write(tmp_path / "faulty", bad)
+    html_path = tmp_path / "c.html"
+    assert main([str(clean), str(faulty), "--html", str(html_path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    changed = lines[lines.index("what changed:") + 1:]
+    assert changed[0] == "  verdict: PASS -> FAIL"
+    assert changed[1] == "  injected fault: none -> trunk.blocks.3.attn x 1.02"
+    assert changed[2].startswith("  first divergent module: - -> trunk.blocks.3.attn (max_rel_l2 0.02 against 0.002)")
+    assert changed[3].startswith("  metrics that moved: 1 of 1 tensor results")
+    page = html_path.read_text()
+    assert "injected fault: none -&gt; trunk.blocks.3.attn x 1.02" in page
+    assert not re.search(r'(src|href)="(https?:)?//', page) and "<link" not in page and "<script src" not in page

@@ -58,10 +58,15 @@ def test_tiny_checkpoint_passes_with_every_output_in_out(passing):
 def test_final_table_and_output_locations_are_printed_without_colours(passing):
     done, out = passing
     tail = done.stdout[done.stdout.rfind("===== run_verify.sh verdict"):]
-    assert re.search(r"ssl/b1/256x256@A +ssl_patch_tokens .* PASS", tail)
     assert re.search(r"inference demo +OK", tail) and re.search(r"accuracy and timing +PASS", tail)
-    assert "VERDICT: PASS" in tail and "outputs: run" in tail and "run/accuracy_summary.json" in tail
+    last = done.stdout.strip().splitlines()[-12:]  # the last screen: verdict, cause, matrix, outputs, the report
+    assert "VERDICT: PASS" in last and any(line.startswith("Every case passed: ") for line in last)
+    assert any(re.match(r" +ssl +b1 256x256 ok \d+%", line) for line in last)
+    assert any(line.startswith("outputs in run: log.txt console.txt env.json output/ accuracy_summary.json "
+                               "report.html") for line in last)
+    assert last[-1].startswith("open the report: xdg-open run/report.html")
     assert "\x1b[" not in done.stdout  # no terminal, no escape codes
+    assert not (out / ".run_verify.lock").exists() and not (out / ".run_verify.owner").exists()  # no clutter
 
 
 def test_injected_fault_fails_the_verification(tmp_path, tiny_checkpoint):
@@ -73,6 +78,10 @@ def test_injected_fault_fails_the_verification(tmp_path, tiny_checkpoint):
     assert summary["candidate"]["injected_fault"]["module"] == "trunk.blocks.0"
     assert "harness self-test" in done.stdout and "VERDICT: FAIL" in done.stdout
     assert re.search(r"accuracy and timing +FAIL", done.stdout)
+    # cause and place on the last screen: the module, its metric and the gate
+    last = "\n".join(done.stdout.strip().splitlines()[-15:])
+    assert re.search(r"First divergent module: trunk\.blocks\.0\S* .*: \w+ \S+ against max_\w+ \S+", last), last
+    assert "failure lines (case, call, tensor, gate) are in run/log.txt" in last
 
 
 def test_require_weights_without_weights_is_an_environment_error(tmp_path):
@@ -91,12 +100,15 @@ def test_require_weights_without_weights_is_an_environment_error(tmp_path):
     (["--device"], "option --device needs a value"),
     (["--precision", "fp64"], "--precision must be fp32, fp16 or bf16"),
     (["--quick=yes"], "option --quick takes no value"),
+    (["--cases", "no_such_cases.yaml"], "no_such_cases.yaml"),  # refused by the option check (verify.preflight)
+    (["--fusion=nonsense"], "nonsense"),
 ])
 def test_usage_errors_exit_2_and_create_nothing(tmp_path, args, words):
     done = run_verify(tmp_path, *args)
     assert done.returncode == 2
     assert words in done.stderr and "run_verify.sh --help" in done.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # not even an empty verify_out/<timestamp>/
+    assert "usage:" not in done.stderr and len(done.stderr.splitlines()) < 12  # a short error, not the whole help
 
 
 def test_help_exits_0_with_an_example(tmp_path):

@@ -141,6 +141,7 @@ def certify_cases(args, setup) -> tuple:
     plan, golden = setup.plan, setup.golden
     runs, calls, checks, compute_s = [], [], [], 0.0
     timed_shapes = set(plan.timing)
+    progress = _progress(len(plan.cases))
     for case in plan.cases:
         calls_of_case = ("A", "B") if plan.repeat else ("A",)
         inputs = {call: make_case_inputs(plan, case, call, setup.tokenizer,
@@ -161,9 +162,23 @@ def certify_cases(args, setup) -> tuple:
         calls += case_calls
         checks += case_checks
         verdicts = " ".join(f"{c['call']}={c['verdict']}" for c in case_calls)
-        logger.info("case %-28s %s (%.1f s)", case.id, verdicts, run.compute_s)
+        logger.info("case %-28s %s (%.1f s)%s", case.id, verdicts, run.compute_s, progress())
         runs.append(run)
     return runs, calls, checks, compute_s
+
+
+def _progress(total: int):
+    """A function giving " [case i of N, elapsed, about T left]" on a terminal, "" in a log (CI stays quiet)."""
+    started, done = time.perf_counter(), [0]
+
+    def line() -> str:
+        done[0] += 1
+        if not sys.stderr.isatty():
+            return ""
+        elapsed = time.perf_counter() - started
+        left = elapsed / done[0] * (total - done[0])
+        return f"  [case {done[0]} of {total}, {elapsed:.0f} s elapsed, about {left:.0f} s left]"
+    return line
 
 
 def locate_on_fail(args, setup, runs, calls) -> tuple:
@@ -191,7 +206,7 @@ def coverage_check(setup) -> dict:
     cover = coverage(plan, setup.tokenizer, config.text_vocab_size, config.text_context_length,
                      config.vision_patch_size)
     for gap in cover["gaps"]:
-        logger.warning("coverage: %s (profile %s)", gap, plan.profile)
+        logger.info("coverage: %s (profile %s)", gap, plan.profile)  # informational: in the summary too
     return {"check": "coverage", "id": f"profile {plan.profile}", "verdict": "PASS", "detail": cover,
             "note": "gaps are reported, not failed: the profile is the user's choice"}
 
@@ -443,8 +458,16 @@ def main(argv=None) -> int:
         print(f"error: cannot write the outputs to {args.out} ({e})", file=sys.stderr)
         return EXIT_ENV
     if not args.quiet:
-        print("\n".join(lines))
-    print(f"outputs: {args.out / 'accuracy_summary.json'}, {args.out / 'log.txt'}")
+        from verify.report.glance import glance_lines
+        from verify.report.table import brief_lines
+
+        closing = glance_lines(summary, args.out)  # the full table is in log.txt
+        print("\n".join(brief_lines(summary) + closing[:-1]))
+    written = [n for n in ("accuracy_summary.json", "report.html", "log.txt", "divergence.json", "fusion_result.json",
+                           OUTPUTS_FILE) if (args.out / n).exists()]
+    print(f"outputs in {args.out}: {', '.join(written)}")
+    if not args.quiet:
+        print(closing[-1])
     return EXIT_PASS if summary["verdict"] == "PASS" else EXIT_FAIL
 
 

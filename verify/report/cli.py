@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "  python -m verify.report verify_out/ci/accuracy_summary.json\n"
                 "exit status: 0 PASS, 1 FAIL, 2 no readable summary"))
     parser.add_argument("summary", type=Path, help=f"a run folder (holding {SUMMARY_NAME}) or the file itself")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--brief", action="store_true",
+                      help="the header, the checks and the timings; the per-case table and the failure lines are "
+                           "counted, not printed")
+    form.add_argument("--glance", action="store_true",
+                      help="only the closing summary: the cause and place, the case matrix, where the report is")
     return parser
 
 
@@ -119,7 +125,17 @@ def main(argv=None) -> int:
     except SummaryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ENV
-    print("\n".join(report_lines(summary, str(args.summary))))
+    folder = args.summary if args.summary.is_dir() else args.summary.parent
+    if args.glance:
+        from verify.report.glance import glance_lines
+
+        print("\n".join(glance_lines(summary, folder, verdict=False)))
+    elif args.brief and isinstance(summary.get("cases"), list) and not isinstance(summary.get("server"), dict):
+        from verify.report.table import brief_lines
+
+        print("\n".join(brief_lines(summary, str(args.summary))))
+    else:
+        print("\n".join(report_lines(summary, str(args.summary))))
     server = summary.get("server")
     if isinstance(server, dict) and server.get("exit_code") in (EXIT_PASS, EXIT_FAIL, EXIT_ENV):
         return server["exit_code"]  # a whole-server run: an environment error on any rank is 2

@@ -190,11 +190,13 @@ def matrix_lines(summary: dict, width: int = 100) -> list:
     return lines
 
 
-def glance_lines(summary: dict, out=None) -> list:
-    """The console's closing block: verdict, cause and place, the matrix, the failure count, where to look."""
-    verdict = str(summary.get("verdict") or "-")
+def glance_lines(summary: dict, out=None, verdict: bool = True) -> list:
+    """The console's closing block: verdict, cause and place, the matrix, the failure count, where to look
+    (``verdict`` False: without the VERDICT line, for a caller that prints its own)."""
+    if isinstance(summary.get("server"), dict):
+        return server_glance_lines(summary, out, verdict)
     reasons = _d(summary.get("overall")).get("reasons") or []
-    lines = [f"VERDICT: {verdict}", cause(summary)]
+    lines = ([f"VERDICT: {summary.get('verdict') or '-'}"] if verdict else []) + [cause(summary)]
     if spread(summary):
         lines.append(spread(summary) + ".")
     lines.append("cases (worst gate's share of its budget; over 100% fails):")
@@ -264,3 +266,57 @@ td.cell .lbl{display:block;font-size:11px;color:#444}span.cell{padding:2px 7px;f
 .c-nan a,.c-nan .lbl{color:#fff}.c-none{background:#eee}table.ran th{text-align:right;font-weight:600}
 table.ran td{white-space:nowrap}
 """
+
+
+# --------------------------------------------------------------------------------------------- a server run
+def rank_summaries(out) -> dict:
+    """{rank: its own accuracy summary} read from OUT/rank<k>/accuracy_summary.json (missing ones left out)."""
+    import json
+    from pathlib import Path
+
+    found = {}
+    for folder in sorted(Path(out).glob("rank[0-9]*")) if out is not None else []:
+        try:
+            found[int(folder.name[4:])] = json.loads((folder / "accuracy_summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def rank_cause(row: dict, own: Optional[dict]) -> str:
+    """One card's cause: its own summary's sentence when it has one, else what happened to the rank."""
+    if own is not None and row.get("verdict") in ("PASS", "FAIL"):
+        return cause(own)
+    return str(row.get("error") or "; ".join(row.get("failed_gates") or []) or row.get("verdict"))
+
+
+def server_cause(summary: dict, ranks: dict) -> str:
+    rows = summary.get("ranks") or []
+    bad = [r for r in rows if r.get("verdict") != "PASS"]
+    server = _d(summary.get("server"))
+    if not bad:
+        extra = []
+        if _d(server.get("consistency")).get("verdict") == "FAIL":
+            extra.append("but the cards' outputs differ: " + "; ".join(server["consistency"].get("reasons") or []))
+        if _d(server.get("collectives")).get("verdict") in ("FAIL", "ERROR"):
+            extra.append("but the collective check failed")
+        if extra:
+            return f"Every card passed its own certification, {' and '.join(extra)}."
+        return f"All {len(rows)} cards passed; their outputs agree ({_d(server.get('consistency')).get('verdict', '-')})."
+    first = bad[0]
+    return (f"{len(bad)} of {len(rows)} cards fail; rank {first['rank']} ({first.get('device') or '?'}) "
+            f"{first.get('verdict')}: {rank_cause(first, ranks.get(first['rank']))}")
+
+
+def server_glance_lines(summary: dict, out=None, verdict: bool = True) -> list:
+    ranks = rank_summaries(out)
+    lines = ([f"VERDICT: {summary.get('verdict') or '-'}"] if verdict else []) + [server_cause(summary, ranks)]
+    lines.append("cards:")
+    for r in summary.get("ranks") or []:
+        own = ranks.get(r["rank"])
+        lines.append(f"  rank {r['rank']} {str(r.get('device') or '-'):<8} {r.get('verdict'):<8} "
+                     f"{rank_cause(r, own)[:150] if r.get('verdict') != 'PASS' else ''}".rstrip())
+    if out is not None:
+        lines.append(f"open the report: xdg-open {out}/report.html   (a row per card; each card's own: "
+                     f"{out}/rank<k>/report.html)")
+    return lines

@@ -110,6 +110,17 @@ def timing_lines(summary: dict) -> list:
     return lines
 
 
+def brief_lines(summary: dict, source: str = "") -> list:
+    """The console's short form: the header, the checks and the timings; the per-case table and the failure
+    lines are counted, not printed (log.txt and report.html have them)."""
+    lines = summary_lines(summary, source)
+    head = lines[:next((i for i, line in enumerate(lines) if line.startswith("case@call")), len(lines))]
+    n_cases = len(summary.get("cases") or [])
+    reasons = (summary.get("overall") or {}).get("reasons") or []
+    return head + [f"{n_cases} calls compared, {len(reasons)} failure lines (in log.txt, accuracy_summary.json and "
+                   "report.html)"] + check_lines(summary) + timing_lines(summary)
+
+
 def summary_lines(summary: dict, source: str = "") -> list:
     """The whole report of a vtp-accuracy-summary/2 summary: header, cases, failures, checks, timing, verdict."""
     cand, weights = summary.get("candidate") or {}, summary.get("weights") or {}

@@ -226,9 +226,19 @@ def launch(args, passthrough: list) -> int:
     except OSError as exc:
         print(f"error: cannot write {out / SUMMARY_NAME} ({exc})", file=sys.stderr)
         return EXIT_ENV
+    written = [out / SUMMARY_NAME]
+    try:  # one page for the whole server, a row per card (each card's own page is in rank<k>/)
+        from verify.report.server_html import write_server_report
+
+        written.append(write_server_report(out / "report.html", summary, out))
+    except Exception:  # noqa: BLE001  (the verdict stands without the page)
+        logger.exception("the server's report.html could not be written")
     if not args.quiet:
         print("\n".join(server_report_lines(summary)), flush=True)
-    print(f"outputs: {out / SUMMARY_NAME}, {out}/rank<k>/, {out / 'torchrun.log'} ({elapsed:.1f} s)", flush=True)
+    written += [p for p in (out / "torchrun.log",) if p.exists()]
+    ranks = [d.name + "/" for d in sorted(out.glob("rank[0-9]*")) if d.is_dir()]
+    print(f"outputs: {', '.join(map(str, written))}; per card: {', '.join(ranks) or 'none'} in {out} "
+          f"({elapsed:.1f} s)", flush=True)
     if leftover:
         logger.error("processes still alive after SIGKILL: %s", leftover)
     return summary["server"]["exit_code"]
