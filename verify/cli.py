@@ -21,7 +21,9 @@ def add_run_options(p: argparse.ArgumentParser, *, precision_default="fp32", pre
     p.add_argument("--fusion", default="all", help=FUSION_HELP)
     p.add_argument("--thresholds", type=Path, help="thresholds YAML (default verify/thresholds.yaml)")
     p.add_argument("--inject-fault", metavar="MODULE=FACTOR|MODULE=nan",
-                   help="harness self-test: perturb one module's output on the candidate (e.g. trunk.blocks.0=1.02)")
+                   help="harness self-test: perturb one module's output on the candidate (e.g. trunk.blocks.0=1.02); "
+                        "for the burn-in also MODULE=drift@N[:FACTOR] (wrong after N calls), MODULE=leak[:COPIES] "
+                        "(keeps every output), MODULE=sleep:MS (right but slow)")
     add_prompt_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 

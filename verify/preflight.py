@@ -55,6 +55,12 @@ def problems_of(args) -> list:
     problems = []
     if args.out is not None:
         problems += check_out_folder(args.out)
+    from verify.levels import resolve as resolve_level
+
+    try:  # --level / --burn-in; the level's profile is the one that must exist
+        args.profile = resolve_level(args.level, args.burn_in, args.profile).profile
+    except UsageError as e:
+        problems.append(str(e))
     try:
         parse_fusion_spec(args.fusion)
     except ValueError as e:
@@ -132,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m verify.preflight", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, help="checkpoint folder to check")
     p.add_argument("--fusion", default="all", help="fusion spec to check")
-    p.add_argument("--inject-fault", help="fault spec to check (MODULE=FACTOR or MODULE=nan)")
+    p.add_argument("--inject-fault", help="fault spec to check (MODULE=FACTOR, MODULE=nan, MODULE=drift@N, "
+                                          "MODULE=leak or MODULE=sleep:MS)")
     p.add_argument("--cases", type=Path, help="cases YAML (default verify/cases.yaml)")
     p.add_argument("--profile", default="default", help="profile that must exist in the cases file")
     p.add_argument("--thresholds", type=Path, help="thresholds YAML (default verify/thresholds.yaml)")
@@ -147,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="extra image sizes, e.g. 224x224,336x512")
     p.add_argument("--fuzz", type=int, help="number of extra random cases (>= 0)")
     p.add_argument("--seed", type=int, help="seed of --fuzz")
+    p.add_argument("--level", help="certification level: 1|2|3|4 or quick|default|long|soak")
+    p.add_argument("--burn-in", help="burn-in duration (level 3 or 4), e.g. 60s, 15m, 2h")
     return p
 
 

@@ -47,6 +47,7 @@ def burn_in_png(section: dict):
             a.axvline(first["t_s"], color="#b22222", lw=1)
         axes[0].annotate(f"first failing call {first.get('call')}", (first["t_s"], axes[0].get_ylim()[1]),
                          fontsize=8, color="#b22222", va="top")
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax.set_ylabel("MiB")
     ax.legend(fontsize=8, loc="upper left")
     if numeric:
