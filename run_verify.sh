@@ -10,6 +10,7 @@ usage: bash run_verify.sh [--device D] [--weights DIR] [--precision fp32|fp16|bf
                           [--prompt TEXT ...] [--prompts-file FILE] [--no-timing] [--require-weights]
                           [--out DIR] [--inject-fault SPEC] [--nproc N|all] [--locate]
                           [--save-golden DIR] [--reference DIR] [--fp32-modules FILE] [--dataset DIR]
+                          [--level 1|2|3|4] [--burn-in DURATION]
 
 Certify the VTP port on this machine, in three steps (after a check of every option, in seconds):
   1. environment check  python -m verify.env_check        (Python, torch, torch_npu/CANN, device, weights, disk)
@@ -32,6 +33,14 @@ options:
   --quick              same as --profile quick: batch 1 and a second shape, short and long prompts, 3 timed
                        calls, no cold-process load timing (budget 45 s on synthetic Small and 2 CPU cores,
                        against 120 s for the default profile; see README)
+  --level L            certification level (printed before it starts, recorded in accuracy_summary.json):
+                         1 quick    the quick profile (~45 s)
+                         2 default  the default profile + device spot checks (~2 min; the default)
+                         3 long     the full profile + spot checks + burn-in (15 min on a device, 60 s on the CPU)
+                         4 soak     as 3 with a burn-in of --burn-in DURATION
+                       from level 3 a card that is right but 1.25x slower than the others (--nproc) fails
+  --burn-in DURATION   burn-in length, e.g. 60s, 15m, 2h (level 3: instead of its default; alone: level 4):
+                       the certified tasks back to back, every answer checked, memory and latency watched
   --cases FILE         a cases file of your own (schema vtp-cases/1, see verify/cases.yaml)
   --thresholds FILE    a thresholds file of your own (schema vtp-thresholds/2, see verify/thresholds.yaml)
   --prompt TEXT        a prompt of your own, one per option (commas belong to the prompt); repeatable
@@ -44,7 +53,8 @@ options:
                        (a reused folder: earlier results are removed, log.txt and console.txt appended;
                        a folder that another run is using is refused)
   --inject-fault SPEC  harness self-test: perturb one module's output on the candidate only, MODULE=FACTOR or
-                       MODULE=nan (e.g. trunk.blocks.0=1.02); a sound harness must then FAIL (exit 1)
+                       MODULE=nan (e.g. trunk.blocks.0=1.02); a sound harness must then FAIL (exit 1);
+                       for the burn-in: MODULE=drift@N (wrong after N calls), MODULE=leak, MODULE=sleep:MS
   --nproc N|all        certify N devices of this server at once, one process per device over torchrun
                        (python -m verify.server; default 1; all = every visible device)
   --locate             locate the first divergent module even when the run passes (on a FAIL it always runs)
@@ -115,6 +125,8 @@ BATCH_SIZES=""
 SIZES=""
 FUZZ=""
 SEED=""
+LEVEL=""
+BURN_IN=""
 PROMPTS=()
 PROMPTS_FILE=""
 
@@ -130,7 +142,8 @@ while (($#)); do
     case "$opt" in
         --device | --weights | --precision | --fusion | --out | --inject-fault | --profile | --cases | \
             --thresholds | --prompt | --prompts-file | --nproc | --save-golden | --reference | --fp32-modules | \
-            --dataset | --reference-sha256 | --golden-source | --batch-sizes | --sizes | --fuzz | --seed)
+            --dataset | --reference-sha256 | --golden-source | --batch-sizes | --sizes | --fuzz | --seed | \
+            --level | --burn-in)
             if ((!has_value)); then
                 (($# >= 2)) || usage_error "option $opt needs a value"
                 value="$2"
@@ -160,6 +173,8 @@ while (($#)); do
                 --sizes) SIZES="$value" ;;
                 --fuzz) FUZZ="$value" ;;
                 --seed) SEED="$value" ;;
+                --level) LEVEL="$value" ;;
+                --burn-in) BURN_IN="$value" ;;
             esac
             ;;
         --quick | --no-timing | --require-weights | --locate)
@@ -246,6 +261,8 @@ for prompt in "${PROMPTS[@]+"${PROMPTS[@]}"}"; do pre_args+=(--prompt "$prompt")
 [[ -z "$SIZES" ]] || pre_args+=(--sizes "$SIZES")
 [[ -z "$FUZZ" ]] || pre_args+=(--fuzz "$FUZZ")
 [[ -z "$SEED" ]] || pre_args+=(--seed "$SEED")
+[[ -z "$LEVEL" ]] || pre_args+=(--level "$LEVEL")
+[[ -z "$BURN_IN" ]] || pre_args+=(--burn-in "$BURN_IN")
 if ! "$PYTHON" -m verify.preflight "${pre_args[@]}"; then
     printf "run_verify.sh: fix the options above, then run again. Try 'bash run_verify.sh --help'.\n" >&2
     drop_new_out
@@ -372,11 +389,17 @@ eval_args=("${common[@]}" --precision "$PRECISION" --fusion="$FUSION" --profile 
 [[ -z "$SIZES" ]] || eval_args+=(--sizes "$SIZES")
 [[ -z "$FUZZ" ]] || eval_args+=(--fuzz "$FUZZ")
 [[ -z "$SEED" ]] || eval_args+=(--seed "$SEED")
+[[ -z "$LEVEL" ]] || eval_args+=(--level "$LEVEL")
+[[ -z "$BURN_IN" ]] || eval_args+=(--burn-in "$BURN_IN")
 eval_args+=("${prompt_args[@]+"${prompt_args[@]}"}")
 if [[ "$NPROC" == "1" ]]; then
     run_step "$PYTHON" "$ROOT/verify/accuracy_eval.py" "${eval_args[@]}" --out "$OUT"
 else
-    run_step "$PYTHON" -m verify.server --nproc "$NPROC" --out "$OUT" --quiet -- "${eval_args[@]}"
+    server_args=(--nproc "$NPROC" --out "$OUT" --quiet)
+    if [[ -n "$BURN_IN" ]]; then  # each rank's time limit: the default hour plus the burn-in
+        server_args+=(--timeout "$("$PYTHON" -c 'import sys; from verify.burn_in import parse_duration as p; print(int(3600 + p(sys.argv[1])))' "$BURN_IN")")
+    fi
+    run_step "$PYTHON" -m verify.server "${server_args[@]}" -- "${eval_args[@]}"
 fi
 eval_rc=$rc
 
