@@ -45,7 +45,7 @@ if __name__ == "__main__":
         sys.path.insert(0, str(_REPO))  # works without `pip install -e .`
 
 from ascend.npu import prepare_environment  # noqa: E402  (imports neither torch nor torch_npu)
-from ascend.runtime import FUSION_HELP, add_prompt_arguments, shorten  # noqa: E402  (no torch either)
+from ascend.runtime import add_fusion_argument, add_prompt_arguments, shorten  # noqa: E402  (no torch either)
 
 logger = logging.getLogger("ascend.inference")
 
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prompt_arguments(parser)
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                         help="fp32 (strict: no TF32/HF32), or fp16/bf16 autocast (default fp32)")
-    parser.add_argument("--fusion", default="all", metavar="SPEC", help=FUSION_HELP)
+    add_fusion_argument(parser, metavar="SPEC")
     parser.add_argument("--resize", choices=tuple(RESIZE_MODES), default="squash",
                         help=f"how the image becomes {IMAGE_SIZE}x{IMAGE_SIZE}: squash (resize, ignoring the aspect "
                              "ratio, as the VTP README) or center-crop (shorter side to "

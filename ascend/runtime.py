@@ -8,6 +8,7 @@ import argparse
 import copy
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -25,10 +26,40 @@ SYNTHETIC_NOTICE = ("NOTICE: no checkpoint found at {path}; using SYNTHETIC rand
 # The --fusion syntax, for the help of every entry point (ascend.fusion.parse_fusion_spec reads it).
 FUSION_HELP = ("fused-operator rules (default all): 'all'; 'none'; a comma list of the rules to apply "
                "(gelu,layernorm); a comma list of rules to leave out, each with a leading '-' (-gelu,-rope = all "
-               "but gelu and rope; 'all,-gelu' is the same as '-gelu'; write --fusion=-gelu with '=', else the "
-               "value is taken for an option); or a YAML rule file (ascend/fusion.yaml). "
+               "but gelu and rope; 'all,-gelu' is the same as '-gelu'; --fusion -gelu works as --fusion=-gelu); "
+               "or a YAML rule file (ascend/fusion.yaml). "
                "Rules: gelu, layernorm, rmsnorm, swiglu, attention, rope, quick_gelu, pixel_shuffle. A list that "
                "names rules both to apply and to leave out is refused.")
+_SPEC_AFTER_DASH = re.compile(r"-[a-z_]{3,}(,-?[a-z_]{3,})*")
+
+
+def join_fusion_value(argv: Sequence[str]) -> list:
+    """``["--fusion", "-gelu,-rope"]`` -> ``["--fusion=-gelu,-rope"]``: argparse takes a value that starts with
+    '-' for an option; a value that reads as a list of rules to leave out is joined to its option."""
+    argv, out, i = list(argv), [], 0
+    while i < len(argv):
+        if argv[i] == "--fusion" and i + 1 < len(argv) and _SPEC_AFTER_DASH.fullmatch(argv[i + 1]):
+            out.append(f"--fusion={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def add_fusion_argument(parser: argparse.ArgumentParser, default: str = "all", help: str = FUSION_HELP,
+                        **kwargs) -> None:
+    """--fusion SPEC, accepting ``--fusion -gelu`` as well as ``--fusion=-gelu`` (see `join_fusion_value`)."""
+    import sys
+
+    parser.add_argument("--fusion", default=default, help=help, **kwargs)
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        return original(join_fusion_value(sys.argv[1:] if args is None else args), namespace)
+    parser.parse_known_args = parse_known_args
+
+
 PROMPT_HELP = ("one CLIP prompt; repeat the option for more prompts (a comma is part of the prompt: "
                "--prompt 'a dog, sitting' --prompt 'a cat')")
 PROMPTS_FILE_HELP = ("a UTF-8 text file with one prompt per line; blank lines and lines starting with # are "

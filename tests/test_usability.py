@@ -423,3 +423,14 @@ def test_save_png_writes_text_metadata(tmp_path):
     with Image.open(path) as img:
         assert img.text == {"vtp:weights-kind": "checkpoint", "note": "ünïcode ok"}
     assert os.listdir(tmp_path) == ["x.png"]
+
+
+@pytest.mark.parametrize("argv", [["--fusion", "-gelu,-rope"], ["--fusion=-gelu,-rope"]])
+def test_fusion_spec_with_a_leading_dash_works_with_or_without_equals(argv):
+    from ascend.inference import build_parser as demo_parser
+    from verify.accuracy_eval import build_parser as harness_parser
+    from verify.selftest import build_parser as selftest_parser
+
+    for build in (demo_parser, harness_parser, selftest_parser):
+        assert build().parse_args(argv).fusion == "-gelu,-rope", build
+    assert runtime.join_fusion_value(["--fusion", "-v"]) == ["--fusion", "-v"]  # a short option stays an option

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def add_run_options(p: argparse.ArgumentParser, *, precision_default="fp32", precision_help=None) -> None:
-    from ascend.runtime import FUSION_HELP, add_prompt_arguments
+    from ascend.runtime import add_fusion_argument, add_prompt_arguments
 
     p.add_argument("--device", default="auto", help="auto (NPU > CUDA > CPU), npu[:N], cuda[:N] or cpu")
     p.add_argument("--weights", type=Path, help="checkpoint folder (default weights/VTP-Small-f16d64, else "
@@ -18,7 +18,7 @@ def add_run_options(p: argparse.ArgumentParser, *, precision_default="fp32", pre
                    help="fail (exit 2) instead of using synthetic weights (saved synthetic weights included)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=precision_default,
                    help=precision_help or "candidate precision: fp32 (strict, no TF32/HF32), fp16 or bf16 autocast")
-    p.add_argument("--fusion", default="all", help=FUSION_HELP)
+    add_fusion_argument(p)
     p.add_argument("--thresholds", type=Path, help="thresholds YAML (default verify/thresholds.yaml)")
     p.add_argument("--inject-fault", metavar="MODULE=FACTOR|MODULE=nan",
                    help="harness self-test: perturb one module's output on the candidate (e.g. trunk.blocks.0=1.02); "

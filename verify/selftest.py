@@ -292,7 +292,7 @@ def run_one(argv: list, out: Path, install=None, verbose: bool = False) -> Tuple
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ascend.runtime import FUSION_HELP
+    from ascend.runtime import add_fusion_argument
 
     p = argparse.ArgumentParser(prog="python -m verify.selftest", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "failed, a run crashed), 2 usage or environment error")
     p.add_argument("--device", default="auto", help="auto (NPU > CUDA > CPU), npu[:N], cuda[:N] or cpu")
     p.add_argument("--weights", type=Path, help="checkpoint folder (default: as the harness)")
-    p.add_argument("--fusion", default="all", help=FUSION_HELP)
+    add_fusion_argument(p)
     p.add_argument("--profile", default="default", help="cases profile: quick, default (the default) or full")
     p.add_argument("--cases", type=Path, help="cases YAML (default verify/cases.yaml)")
     p.add_argument("--precision", choices=PRECISIONS,
@@ -344,7 +344,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     out = args.out or Path("verify_out") / f"selftest-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    base = ["--device", args.device, "--fusion", args.fusion, "--profile", args.profile]
+    base = ["--device", args.device, f"--fusion={args.fusion}", "--profile", args.profile]
     if args.weights:
         base += ["--weights", str(args.weights)]
     if args.cases:
