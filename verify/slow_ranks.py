@@ -108,3 +108,20 @@ def rank_throughputs(rank_summaries: Mapping[int, Mapping]) -> Dict[int, Dict[st
         out[rank] = {k: f.get("tflops", f.get("gbps")) for k, f in figs.items() if isinstance(f, Mapping)
                      and f.get("tflops", f.get("gbps")) is not None}
     return out
+
+
+def from_rank_folders(out, ranks) -> dict:
+    """`slow_ranks` over the ranks' own summaries (OUT/rank<k>/accuracy_summary.json) of a multi-card run, at
+    the highest level the ranks ran (their ``level`` section; 2 when none says)."""
+    import json
+    from pathlib import Path
+
+    summaries = {}
+    for rank in ranks:
+        try:
+            summaries[rank] = json.loads((Path(out) / f"rank{rank}" / "accuracy_summary.json").read_text())
+        except (OSError, ValueError):
+            continue
+    level = max([((s.get("level") or {}).get("level") or 2) for s in summaries.values()] or [2])
+    contention = {r: (s.get("timings") or {}).get("contention") for r, s in summaries.items()}
+    return slow_ranks(rank_latencies(summaries), rank_throughputs(summaries), level=level, contention=contention)

@@ -11,6 +11,7 @@ adds ``ranks`` and ``server``::
                "exit_code", "stage", "error", "pid"}],
     "server": {"schema": "vtp-server-summary/1", "run_id", "world_size", "backend", "hosts",
                "exit_code", "collectives": {verify.server.collectives}, "consistency": {verify.server.consistency},
+               "slow_ranks": {verify.slow_ranks: each rank's latencies and spot checks against the others'},
                "consistency_policy", "timeout_s", "collective_timeout_s", "launcher": {...} | null,
                "selftests": {variable: value}}
 
@@ -154,6 +155,7 @@ def _representative(out: Path, rows: list) -> dict:
 def build_summary(statuses: dict, world_size: int, out: Path, context: dict) -> dict:
     """The server's accuracy_summary.json from every rank's status (None: no status)."""
     from verify.server.consistency import OUTPUTS_NAME, compare
+    from verify.slow_ranks import from_rank_folders as slow_ranks_of
 
     out = Path(out)
     rows = [rank_row(rank, statuses.get(rank), context) for rank in range(world_size)]
@@ -180,6 +182,9 @@ def build_summary(statuses: dict, world_size: int, out: Path, context: dict) -> 
     for entry in consistency.get("suspects") or []:
         _suspect(rows, entry["rank"], f"cross-card: {entry['differing_tensors']} output tensor(s) differ from "
                                       f"rank {entry['compared_with_rank']}", fail=policy == "fail")
+    slow = slow_ranks_of(out, [r["rank"] for r in rows if r["verdict"] in ("PASS", "FAIL")])  # right but slow
+    for rank, line in zip(slow["suspects"], slow["reasons"]):
+        _suspect(rows, rank, line, fail=slow["verdict"] == "FAIL")
     reasons, codes = [], []
     for row in rows:
         code = VERDICT_EXIT.get(row["verdict"])
@@ -222,7 +227,7 @@ def build_summary(statuses: dict, world_size: int, out: Path, context: dict) -> 
             "schema": SERVER_SCHEMA, "run_id": context.get("run_id"), "world_size": world_size,
             "backend": next((s.get("backend") for s in statuses.values() if s and s.get("backend")), None),
             "hosts": sorted({r["host"] for r in rows if r["host"]}), "exit_code": exit_code,
-            "collectives": collectives, "consistency": consistency,
+            "collectives": collectives, "consistency": consistency, "slow_ranks": slow,
             "consistency_policy": policy,
             "timeout_s": context.get("timeout_s"), "collective_timeout_s": context.get("collective_timeout_s"),
             "launcher": context.get("launcher"),
