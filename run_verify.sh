@@ -38,6 +38,7 @@ options:
                          2 default  the default profile + device spot checks (~2 min; the default)
                          3 long     the full profile + spot checks + burn-in (15 min on a device, 60 s on the CPU)
                          4 soak     as 3 with a burn-in of --burn-in DURATION
+                       (on the CPU levels 3 and 4 run the default profile: the full one takes ~20 min there)
                        from level 3 a card that is right but 1.25x slower than the others (--nproc) fails
   --burn-in DURATION   burn-in length, e.g. 60s, 15m, 2h (level 3: instead of its default; alone: level 4):
                        the certified tasks back to back, every answer checked, memory and latency watched

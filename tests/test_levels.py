@@ -46,8 +46,9 @@ profiles:
 @pytest.mark.parametrize("level,burn,profile,want", [
     (None, None, "default", (2, "default", None)), (None, None, "quick", (1, "quick", None)),
     ("1", None, "default", (1, "quick", None)), ("quick", None, "default", (1, "quick", None)),
-    ("3", None, "default", (3, "full", 60.0)), ("long", "90s", "default", (3, "full", 90.0)),
-    ("4", "2h", "default", (4, "full", 7200.0)), (None, "15m", "default", (4, "full", 900.0)),
+    ("3", None, "default", (3, "default", 60.0)), ("long", "90s", "default", (3, "default", 90.0)),
+    ("4", "2h", "default", (4, "default", 7200.0)), (None, "15m", "default", (4, "default", 900.0)),
+    ("3", None, "full", (3, "full", 60.0)),
     ("3", "10s", "quick", (3, "quick", 10.0)),
 ])
 def test_resolve(level, burn, profile, want):
@@ -57,7 +58,8 @@ def test_resolve(level, burn, profile, want):
 
 
 def test_level_3_on_a_device_burns_in_15_minutes_and_says_so_on_the_cpu():
-    assert resolve("3", None, "default", "npu").burn_in_s == 900.0
+    device = resolve("3", None, "default", "npu")
+    assert (device.burn_in_s, device.profile) == (900.0, "full")
     cpu = resolve("3", None, "default", "cpu")
     assert any("60 s on the CPU" in n for n in cpu.notes)
     lines = announce(cpu)
@@ -101,7 +103,7 @@ def test_level_3_burn_in_passes_clean_and_is_in_the_report(tmp_path, tiny_checkp
     code, summary, out = certify(tmp_path, tiny_checkpoint, "--level", "3", "--burn-in", "3s")
     burn = summary["burn_in"]
     assert code == 0 and burn["verdict"] == "PASS" and burn["calls"] > 3
-    assert summary["level"]["burn_in_s"] == 3.0 and summary["level"]["profile"] == "full"
+    assert summary["level"]["burn_in_s"] == 3.0 and summary["level"]["profile"] == "default"
     assert 'id="burn-in"' in (out / "report.html").read_text()
 
 
