@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m verify.selftest", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="examples:\n  python -m verify.selftest --device npu:0 --profile quick\n"
-                                       "  python -m verify.selftest --precision bf16 --bugs stale_replay,one_bad_token\n"
+                                       "  python -m verify.selftest --precision bf16 --bugs stale_replay\n"
                                        "exit status: 0 SOUND (every bug failed where expected, the clean runs "
                                        "passed), 1 NOT SOUND (a bug missed or failing elsewhere, a clean run "
                                        "failed, a run crashed), 2 usage or environment error")
@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plan_runs(names: list, precision: Optional[str]) -> Tuple[list, list]:
     """([(run name, precision, bug name or None)], [skipped bug names]): a clean run per precision first."""
-    chosen = [(n, precision or BUGS[n].precision) for n in names if precision is None or precision in BUGS[n].precisions]
+    chosen = [(n, precision or BUGS[n].precision) for n in names
+              if precision is None or precision in BUGS[n].precisions]
     skipped = [n for n in names if precision is not None and precision not in BUGS[n].precisions]
     precisions = sorted({p for _, p in chosen} or {precision or "fp32"}, key=PRECISIONS.index)
     cleans = [("clean" if len(precisions) == 1 else f"clean-{p}", p, None) for p in precisions]

@@ -126,8 +126,8 @@ def cause(summary: dict) -> str:
                 f"{nonfinite.get('count', '?')} non-finite values, gate nonfinite.")
     if first:
         where = f"{first.get('case') or first.get('task')}"
-        gate = {"metric": first.get("metric"), "value": first.get("value"), "gate": first.get("gate") or first.get("metric"),
-                "threshold": first.get("threshold")}
+        gate = {"metric": first.get("metric"), "value": first.get("value"),
+                "gate": first.get("gate") or first.get("metric"), "threshold": first.get("threshold")}
         if first.get("scope") == "before_first_module":
             return (f"The model's inputs differ: the first module of task {first.get('task')} "
                     f"({first.get('module')}) already gets different inputs in {where}: {_gate_phrase(gate)}.")
@@ -226,6 +226,11 @@ def _colour(cell: dict) -> str:
     return "c-ok" if share <= 0.5 else "c-warn" if share <= 1 else "c-fail"
 
 
+def _worst_title(cell: dict, esc) -> str:
+    gate = cell["gate"]
+    return f"; worst gate {esc(gate.get('gate'))} in {esc(cell['call'])} {esc(cell['tensor'])}" if gate else ""
+
+
 def glance_html(summary: dict, esc) -> str:
     """The first screen of report.html (``esc``: the page's HTML escaper): verdict, cause and place, the
     matrix (each cell links to its case's gate tables), what ran."""
@@ -236,7 +241,7 @@ def glance_html(summary: dict, esc) -> str:
         tds = "".join(
             f'<td class="cell {_colour(c)}"><a href="#{case_anchor(c["case"])}" title="'
             f'{esc(c["case"])}: {esc(c["verdict"])}'
-            f'{"; worst gate " + esc(c["gate"].get("gate")) + " in " + esc(c["call"]) + " " + esc(c["tensor"]) if c["gate"] else ""}'
+            f'{_worst_title(c, esc)}'
             f'"><span class="lbl">{esc(c["label"])}</span><b>{"FAIL" if c["verdict"] == "FAIL" else "ok"}'
             f'</b> <span class="num">{esc(share_text(c["share"]))}</span></a></td>' for c in cells)
         rows.append(f"<tr><th>{esc(task)}</th>{tds}</tr>")
@@ -302,7 +307,8 @@ def server_cause(summary: dict, ranks: dict) -> str:
             extra.append("but the collective check failed")
         if extra:
             return f"Every card passed its own certification, {' and '.join(extra)}."
-        return f"All {len(rows)} cards passed; their outputs agree ({_d(server.get('consistency')).get('verdict', '-')})."
+        agree = _d(server.get("consistency")).get("verdict", "-")
+        return f"All {len(rows)} cards passed; their outputs agree (cross-card consistency {agree})."
     first = bad[0]
     return (f"{len(bad)} of {len(rows)} cards fail; rank {first['rank']} ({first.get('device') or '?'}) "
             f"{first.get('verdict')}: {rank_cause(first, ranks.get(first['rank']))}")

@@ -3,13 +3,16 @@
     from verify.report.html import write_html_report
     write_html_report(out / "report.html", summary, divergence=div, recon_images=images, fusion=fusion_dict)
 
-Sections, in order (each an element with the id shown): the verdict (``verdict``); per case and tensor
-the metrics with every gate, threshold and margin (``cases``); for reconstruction, per case: input |
-reference | candidate | amplified |difference| heatmap with its scale (``reconstruction``); the error
-along depth with the first divergent module marked (``divergence``); first call vs warm median/p90
-per task (``timing``); the environment (``environment``), the weights' identity (``weights``) and the
-fusion decisions (``fusion``). Images are PNG embedded as base64 ``data:`` URIs. Plots need matplotlib
-(optional extra ``[report]``); without it the same data is shown as tables and the page says so.
+Sections, in order (each an element with the id shown): the first screen (``glance``: the verdict
+``verdict``, one sentence of cause and place ``cause``, the case matrix coloured by the worst gate's share of
+its budget, each cell a link to its case, and what ran; verify.report.glance); the error along depth with the
+first divergent module marked (``divergence``); per reconstruction case: input | reference | candidate |
+amplified |difference| | heatmap with its factor and colour bar (``reconstruction``); the warm median with
+its p10-p90 spread and the cold call per task (``timing``); then, collapsed: every failure line
+(``failures``), the gate tables per case (``cases``, one ``case-<id>`` each), the environment
+(``environment``), the weights' identity (``weights``) and the fusion decisions (``fusion``). Images are PNG
+embedded as base64 ``data:`` URIs; plots need matplotlib (a dependency; without it the data is shown as
+tables and the page says so).
 The summary may be of schema vtp-accuracy-summary/1 or /2; missing fields print as "-".
 """
 
@@ -33,7 +36,8 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color
 h1{margin:0 0 6px}h2{margin-top:28px;border-bottom:2px solid #dde2ea;padding-bottom:4px}
 .verdict{font-size:30px;font-weight:700;padding:10px 18px;border-radius:8px;display:inline-block}
 .PASS{background:#d9f2df;color:#14622b}.FAIL{background:#fbdcdc;color:#8d1a1a}.other{background:#eee;color:#444}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #d6dbe3;padding:3px 7px;text-align:left}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}
+td,th{border:1px solid #d6dbe3;padding:3px 7px;text-align:left}
 th{background:#f3f5f8}td.num{text-align:right;font-family:ui-monospace,monospace}tr.bad td{background:#fff1f1}
 .note{background:#fff8e0;border-left:4px solid #e0b400;padding:6px 10px;margin:8px 0}
 .strip{display:flex;gap:10px;flex-wrap:wrap;align-items:flex-start}.strip figure{margin:0}
@@ -154,24 +158,6 @@ def timing_png(summary: dict):
 
 
 # --------------------------------------------------------------------------------------------- sections
-def _verdict_section(summary: dict) -> str:
-    v = verdict_of(summary, "-")
-    cand = _d(summary.get("candidate"))
-    reasons = (_d(summary.get("overall")).get("reasons") or [])[:20]
-    out = ['<section id="verdict"><h1>VTP verification report</h1>',
-           f'<div class="verdict {v if v in ("PASS", "FAIL") else "other"}">{_e(v)}</div>',
-           f'<p>candidate: {_e(cand.get("device"))} {_e(cand.get("precision"))} fusion={_e(cand.get("fusion"))}; '
-           f'reference: CPU fp32 unfused; schema {_e(summary.get("schema"))}; created {_e(summary.get("created"))}</p>']
-    if cand.get("injected_fault"):
-        out.append(f'<p class="note">injected fault (harness self-test): {_e(cand["injected_fault"])}</p>')
-    if summary.get("synthetic_weights") or _d(summary.get("weights")).get("kind") == "synthetic":
-        out.append('<p class="note">SYNTHETIC weights: the numbers measure the computation, not the published '
-                   'model.</p>')
-    if reasons:
-        out.append("<ul class='reasons'>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>")
-    return "".join(out) + "</section>"
-
-
 FAILURES_SHOWN = 500
 
 
@@ -225,16 +211,19 @@ def _cases_section(summary: dict) -> str:
             cls = ' class="bad"' if r["verdict"] not in ("PASS",) else ""
             call = str(r["case"]).split("@")[1] if "@" in str(r["case"]) else "-"
             body.append(f"<tr{cls}><td>{_e(call)}</td><td>{_e(r['tensor'])}</td><td>{_e(r['verdict'])}</td>"
-                        + "".join(f'<td class="num">{_e(_num(r[k]))}</td>' for k in ("rel_err", "cosine", "rel_l2", "max_abs"))
+                        + "".join(f'<td class="num">{_e(_num(r[k]))}</td>'
+                                  for k in ("rel_err", "cosine", "rel_l2", "max_abs"))
                         + f"<td>{_gates_cell(r['gates'])}</td></tr>")
-        state = f"FAIL: {len(bad)} of {len(case_rows)} tensor results" if bad else f"PASS: {len(case_rows)} tensor results"
+        state = (f"FAIL: {len(bad)} of {len(case_rows)} tensor results" if bad
+                 else f"PASS: {len(case_rows)} tensor results")
         blocks.append(f'<details class="case" id="{case_anchor(case)}"><summary>{_e(case)}: {_e(state)}</summary>'
                       f'<table class="wide">{head}{"".join(body)}</table></details>')
     checks = [c for c in summary.get("checks") or [] if isinstance(c, dict)]
     extra = ""
     if checks:
         extra = ("<h3>checks</h3><table><tr><th>check</th><th>id</th><th>verdict</th></tr>"
-                 + "".join(f"<tr{' class=bad' if c.get('verdict') not in ('PASS', None) else ''}><td>{_e(c.get('check'))}</td>"
+                 + "".join(f"<tr{' class=bad' if c.get('verdict') not in ('PASS', None) else ''}>"
+                           f"<td>{_e(c.get('check'))}</td>"
                            f"<td>{_e(c.get('id'))}</td><td>{_e(c.get('verdict'))}</td></tr>" for c in checks)
                  + "</table>")
     n_bad = sum(1 for rs in by_case.values() if any(r["verdict"] != "PASS" for r in rs))

@@ -22,7 +22,8 @@ _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1d2330;max-width:1400px}
 .verdict{font-size:30px;font-weight:700;padding:10px 18px;border-radius:8px;display:inline-block}
 .PASS{background:#d9f2df;color:#14622b}.FAIL{background:#fbdcdc;color:#8d1a1a}.other{background:#eee;color:#444}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #d6dbe3;padding:3px 7px;text-align:left}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}
+td,th{border:1px solid #d6dbe3;padding:3px 7px;text-align:left}
 th{background:#f3f5f8}td.num{text-align:right;white-space:nowrap;font-family:ui-monospace,monospace}
 tr.bad td{background:#fff1f1}img.plot{max-width:100%;border:1px solid #ddd}pre{font-size:12px;overflow-x:auto}
 details.section{margin:10px 0}details.section>summary{font-size:18px;font-weight:600;cursor:pointer}
@@ -41,7 +42,7 @@ def per_card_png(summary: dict):
     if plt is None or not rows:
         return None
     tasks = sorted({t for r in rows for t in r["timings"]["median_ms"]})
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(tasks) * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(tasks) * len(rows) + 1.4))
     height = 0.8 / len(rows)
     for i, r in enumerate(rows):
         ys = [len(tasks) - 1 - j + (len(rows) - 1 - i) * height - 0.4 + height / 2 for j in range(len(tasks))]
@@ -51,7 +52,7 @@ def per_card_png(summary: dict):
     ax.set_yticklabels(tasks[::-1], fontsize=9)
     ax.set_xlabel("warm median, ms per call")
     ax.set_title("timing per card")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     return figure_png(plt, fig)
 
 
@@ -79,7 +80,9 @@ def render_server_html(summary: dict, out) -> str:
                     f"<td>{link}</td></tr>")
     server = summary.get("server") or {}
     launcher = server.get("launcher") or {}
-    what = [(k, v) for k, v in ran(summary) if k not in ("duration", "device")]
+    card = ranks.get(summary.get("representative_rank")) or summary  # the cases a card ran, its profile
+    what = [(k, v) for k, v in ran(card) if k not in ("duration", "device", "created")]
+    what.append(("created", summary.get("created", "-")))
     what = [("cards", f"{server.get('world_size')} ({', '.join(server.get('hosts') or []) or '?'}), backend "
                       f"{server.get('backend') or '-'}")] + what
     if launcher.get("elapsed_s") is not None:
