@@ -31,7 +31,7 @@ STAGES = [
     ("cases and gates", ["verify.envelope", "verify.cases", "verify.verdict", "verify.divergence"]),
     ("run", ["verify.run"]),
     ("compare and judge", ["verify.judge", "verify.layer_compare", "verify.slow_ranks"]),
-    ("locate", ["verify.locate", "verify.bisection", "verify.golden"]),
+    ("locate", ["verify.lockstep", "verify.first_divergent", "verify.locate", "verify.bisection", "verify.golden"]),
     ("artifacts", ["verify.artifacts", "verify.setup"]),
     ("report", ["verify.report", "verify.report.fmt", "verify.report.summary", "verify.report.table",
                 "verify.report.server_table", "verify.report.html", "verify.report.cli", "verify.report.__main__",
