@@ -281,6 +281,9 @@ rm -f "$OUT/env.json" "$OUT/accuracy_summary.json" "$OUT/fusion_result.json" "$O
 LOG="$OUT/log.txt"
 CONSOLE="$OUT/console.txt"
 
+# On a terminal the evaluation shows "case i of N, elapsed, time left" (its output goes through tee, so it
+# cannot see the terminal itself); in a CI log it stays quiet.
+[[ ! -t 1 ]] || export VTP_PROGRESS=1
 if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then
     BOLD=$'\033[1m' GREEN=$'\033[32m' RED=$'\033[31m' RESET=$'\033[0m'
 else

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -168,12 +169,13 @@ def certify_cases(args, setup) -> tuple:
 
 
 def _progress(total: int):
-    """A function giving " [case i of N, elapsed, about T left]" on a terminal, "" in a log (CI stays quiet)."""
+    """A function giving " [case i of N, elapsed, about T left]" on a terminal (or with VTP_PROGRESS=1, which
+    run_verify.sh sets when its own output is a terminal), "" in a log: CI logs stay quiet."""
     started, done = time.perf_counter(), [0]
 
     def line() -> str:
         done[0] += 1
-        if not sys.stderr.isatty():
+        if not (sys.stderr.isatty() or os.environ.get("VTP_PROGRESS") == "1"):  # run_verify.sh on a terminal
             return ""
         elapsed = time.perf_counter() - started
         left = elapsed / done[0] * (total - done[0])

@@ -117,8 +117,10 @@ def recon_strip(entry: dict, synthetic: bool = False) -> str:
     mean = float(diff.mean())
     captions = [("input", pics["input"], "input image"), ("reference", pics["reference"], "reference (CPU fp32)"),
                 ("candidate", pics["candidate"], "candidate"),
-                ("amplified", amplified, f"|candidate - reference| amplified {gain:.3g}x (white = {peak:.3g}/255)"),
-                ("heatmap", heat, f"heatmap of the channel mean: black 0, white {peak:.3g}/255; mean {mean:.3g}/255")]
+                ("amplified", amplified, f"|candidate - reference| amplified {gain:.3g}x (white = {peak:.3g}/255)"
+                 if peak > 0 else "|candidate - reference|: no pixel differs (all black)"),
+                ("heatmap", heat, f"heatmap of the channel mean: black 0, white {peak:.3g}/255; mean {mean:.3g}/255"
+                 if peak > 0 else "heatmap: no pixel differs")]
     case = entry.get("case", "-")
     figs = "".join(f'<figure>{_img(_array_png(arr), f"{case}: {text}")}<figcaption>{_e(text)}'
                    f'{colour_bar(peak) if name == "heatmap" else ""}</figcaption></figure>'
