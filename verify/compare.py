@@ -29,7 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from verify.report.fmt import _ms, _num  # noqa: E402
-from verify.report.glance import cause, gate_share, share_text  # noqa: E402
+from verify.report.glance import cause, gate_share, server_cause, share_text  # noqa: E402
 from verify.report.summary import (ENV_KEYS, SUMMARY_NAME, SummaryError, _d, environment_of,  # noqa: E402
                                    read_summary, tensor_rows, timing_rows, verdict_of)
 
@@ -67,6 +67,11 @@ def _first_divergent(summary: dict) -> str:
         return "-" if not summary.get("divergence") else "none found"
     return (f"{first.get('module')} ({first.get('gate') or first.get('metric')} {_num(first.get('value'))} against "
             f"{_num(first.get('threshold'))})")
+
+
+def _cause(summary: dict) -> str:
+    """The run's one sentence of cause and place (a server run's names its cards)."""
+    return server_cause(summary, {}) if isinstance(summary.get("server"), dict) else cause(summary)
 
 
 def _fault(summary: dict) -> str:
@@ -127,7 +132,7 @@ def compare_summaries(a: dict, b: dict, rows_a: dict | None = None, rows_b: dict
     changes += [f"environment {e['key']}: {e['a'] if e['a'] is not None else '-'} -> "
                 f"{e['b'] if e['b'] is not None else '-'}" for e in env if e["differs"]]
     return {"schema": "vtp-compare-runs/2", "schemas": [a.get("schema"), b.get("schema")], "verdicts": [va, vb],
-            "candidates": [_d(a.get("candidate")), _d(b.get("candidate"))], "causes": [cause(a), cause(b)],
+            "candidates": [_d(a.get("candidate")), _d(b.get("candidate"))], "causes": [_cause(a), _cause(b)],
             "changes": changes, "rows": rows, "timings": timings, "environment": env, "regressions": regressions}
 
 
