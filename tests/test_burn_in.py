@@ -79,6 +79,11 @@ def test_clean_burn_in_passes_with_every_figure(certified):
     assert section["memory"]["kind"].startswith("process RSS")
     assert section["calibration"]["contention"]["share"] > 0
     assert "burn-in PASS" in burn_in_lines(section)[0]
+    from verify.report.burn_in import burn_in_html, burn_in_png
+
+    assert burn_in_png(section).startswith(b"\x89PNG")
+    page = burn_in_html({"burn_in": section, "level": {"level": 3, "name": "long"}}, lambda x: str(x))
+    assert 'id="burn-in"' in page and "first failing call" in page and "data:image/png" in page
 
 
 def test_outputs_that_drift_after_n_calls_fail_at_the_call_named(certified):

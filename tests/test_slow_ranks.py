@@ -1,8 +1,10 @@
 """verify.slow_ranks: a rank slower than 1.25x the median of the others is named, fails from level 3."""
 
+import json
+
 import pytest
 
-from verify.slow_ranks import SLOW_RATIO, rank_latencies, rank_throughputs, slow_ranks
+from verify.slow_ranks import SLOW_RATIO, from_rank_folders, rank_latencies, rank_throughputs, slow_ranks
 
 
 def test_two_ranks_one_sleeping_is_named_and_fails_at_level_3():
@@ -50,3 +52,14 @@ def test_figures_from_rank_summaries():
                  1: {}}
     assert rank_latencies(summaries) == {0: {"a": 10.0, "burn-in a": 11.0}, 1: {}}
     assert rank_throughputs(summaries) == {0: {"matmul_fp32_tflops": 1.5}, 1: {}}
+
+
+def test_from_rank_folders_reads_each_ranks_summary_and_its_level(tmp_path):
+    for rank, ms in ((0, 100.0), (1, 300.0)):
+        (tmp_path / f"rank{rank}").mkdir()
+        (tmp_path / f"rank{rank}" / "accuracy_summary.json").write_text(json.dumps(
+            {"level": {"level": 3}, "timings": {"tasks": {"ssl/b1/256x256": {"median_ms": ms}},
+                                                "contention": {"contended": rank == 1, "label": "CONTENDED x2.0"}}}))
+    section = from_rank_folders(tmp_path, [0, 1, 2])  # rank 2 has no summary: left out
+    assert section["suspects"] == [1] and section["verdict"] == "FAIL" and section["level"] == 3
+    assert "CONTENDED x2.0" in section["reasons"][0]
