@@ -41,7 +41,7 @@ import statistics
 import subprocess
 import time
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,8 @@ class SensorProbe:
         except Exception as e:
             self.note = f"not available: {why}; nvidia-smi: {e}"[:300]
             return
-        self._read, self.source = read_smi, f"nvidia-smi --id={index} (physical index; may differ under CUDA_VISIBLE_DEVICES)"
+        self._read = read_smi
+        self.source = f"nvidia-smi --id={index} (physical index; may differ under CUDA_VISIBLE_DEVICES)"
 
     def _init_npu(self, allow_tools):
         # [U] npu-smi's "info -t common" key names (Temperature(C), Aicore Freq(MHZ), Power...) are parsed as

@@ -83,7 +83,8 @@ def _parse_timed(spec: str, kind: str, value: str) -> dict:
     if kind == "leak":
         return {"kind": "leak", "copies": _number(spec, param, "COPIES of leak:COPIES", int, 1) if param else 1}
     if not param:
-        raise UsageError(f"--inject-fault {spec!r}: write sleep:MS (milliseconds per call), e.g. trunk.blocks.0=sleep:50")
+        raise UsageError(f"--inject-fault {spec!r}: write sleep:MS (milliseconds per call), "
+                         "e.g. trunk.blocks.0=sleep:50")
     return {"kind": "sleep", "ms": _number(spec, param, "MS of sleep:MS", float, 0.0)}
 
 

@@ -192,7 +192,8 @@ def annotate(summary: dict, level: Level, extras: dict) -> list:
     from verify.spot_checks import contention
 
     cont = contention(extras.get("calibration_start"), extras.get("calibration_end"))
-    summary["level"] = {**level.to_dict(), "elapsed_s": (summary.get("timings") or {}).get("harness", {}).get("total_s")}
+    harness_s = ((summary.get("timings") or {}).get("harness") or {}).get("total_s")
+    summary["level"] = {**level.to_dict(), "elapsed_s": harness_s}
     summary["spot_checks"] = extras.get("spot_checks")
     summary["burn_in"] = extras.get("burn_in")
     timings = summary.setdefault("timings", {})
