@@ -125,14 +125,15 @@ def test_selftest_reports_the_harness_sound_and_keeps_its_outputs(tiny_checkpoin
     assert "SELF-TEST: SOUND" in captured.out and "2/2 injected bugs caught where expected" in captured.out
     assert "run 2/3: batch_one_only at fp32 (a kernel wrong only at batch 1)" in caplog.text  # progress
     assert "run 3/3: stale_replay: caught: " in caplog.text and "@B max_rel_l2" in caplog.text
+    assert caplog.text.count("holds SYNTHETIC weights") == 1  # said once, not once per run
     (out,) = (tmp_path / "verify_out").glob("selftest-*")
     report = json.loads((out / "selftest.json").read_text())
     assert f"selftest.json: {out / 'selftest.json'}" in captured.out
     assert report["sound"] and report["results"]["stale_replay"]["status"] == "caught"
     for run in ("clean", "batch_one_only", "stale_replay"):  # every path the log names still exists
         assert (out / run / "accuracy_summary.json").is_file() and (out / run / "console.txt").is_file()
-    assert "outputs:" not in captured.out  # each run's own chatter is in its console.txt
-    assert "outputs:" in (out / "stale_replay" / "console.txt").read_text()
+    assert "outputs in" not in captured.out  # each run's own chatter is in its console.txt
+    assert "outputs in" in (out / "stale_replay" / "console.txt").read_text()
 
 
 def test_a_bug_that_crashes_the_run_is_an_error_and_not_sound(tiny_checkpoint, cases_file, tmp_path, capsys,

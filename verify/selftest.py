@@ -33,6 +33,7 @@ import logging
 import re
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
@@ -247,6 +248,29 @@ def judge_clean_run(result: dict, summary: Optional[dict]) -> dict:
     return {**result, "status": "FAILED", "where": result.get("first_failure") or "the clean run did not pass"}
 
 
+class _Once(logging.Filter):
+    """Lets a message through the first time only (each run's own console.txt still has every line)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+_ONCE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _once(handler: logging.Handler) -> _Once:
+    """The handler's own _Once (a filter shared by two handlers would let each message through only one)."""
+    return _ONCE.setdefault(handler, _Once())
+
+
 def run_one(argv: list, out: Path, install=None, verbose: bool = False) -> Tuple[dict, Optional[dict]]:
     """One certification run in process, its outputs in ``out``; (result, its accuracy summary or None).
 
@@ -261,6 +285,7 @@ def run_one(argv: list, out: Path, install=None, verbose: bool = False) -> Tuple
     others = [(h, h.level) for h in root.handlers]
     for handler, _ in others:
         handler.setLevel(max(handler.level, logging.DEBUG if verbose else logging.WARNING))
+        handler.addFilter(_once(handler))  # the same NOTICE from every run: the terminal shows it once
     root.addHandler(record)
     printed, error, code = io.StringIO(), None, None
     started = time.perf_counter()
@@ -277,6 +302,7 @@ def run_one(argv: list, out: Path, install=None, verbose: bool = False) -> Tuple
         root.removeHandler(record)
         for handler, level in others:
             handler.setLevel(level)
+            handler.removeFilter(_once(handler))
         with open(out / "console.txt", "a", encoding="utf-8") as f:
             f.write(printed.getvalue())
         record.close()
