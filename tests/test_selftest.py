@@ -132,7 +132,7 @@ def test_selftest_reports_the_harness_sound_and_keeps_its_outputs(tiny_checkpoin
     assert report["sound"] and report["results"]["stale_replay"]["status"] == "caught"
     for run in ("clean", "batch_one_only", "stale_replay"):  # every path the log names still exists
         assert (out / run / "accuracy_summary.json").is_file() and (out / run / "console.txt").is_file()
-    assert "outputs in" not in captured.out  # each run's own chatter is in its console.txt
+    assert "outputs in verify_out" not in captured.out  # each run's own chatter is in its console.txt
     assert "outputs in" in (out / "stale_replay" / "console.txt").read_text()
 
 
