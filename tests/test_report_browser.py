@@ -73,7 +73,8 @@ class VisibleText(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        if tag in ("script", "style", "title") or (self.stack and self.stack[-1] == "closed-details" and tag != "summary"):
+        in_closed = self.stack and self.stack[-1] == "closed-details" and tag != "summary"
+        if tag in ("script", "style", "title") or in_closed:
             self.stack.append("hidden")
             self.hidden += 1
         elif tag == "details":

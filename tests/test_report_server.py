@@ -32,8 +32,8 @@ def server_run(tmp_path):
         rows.append({"rank": rank, "device": "cpu", "soc": None, "verdict": verdict, "failed_gates": [],
                      "timings": {"total_s": 50.0 + rank, "median_ms": {"ssl/b1/256x256": 300.0 + rank,
                                                                        "clip_text/default": 900.0}}})
-    summary = {"schema": "vtp-accuracy-summary/2", "verdict": "FAIL", "candidate": {"device": "cpu, cpu (2 ranks)",
-                                                                                   "precision": "fp32", "fusion": "all"},
+    candidate = {"device": "cpu, cpu (2 ranks)", "precision": "fp32", "fusion": "all"}
+    summary = {"schema": "vtp-accuracy-summary/2", "verdict": "FAIL", "candidate": candidate,
                "weights": {"kind": "synthetic"}, "ranks": rows, "representative_rank": 0,
                "overall": {"verdict": "FAIL", "reasons": ["rank 1 (cpu) FAIL: ssl/b1/256x256@A: max_rel_l2"]},
                "server": {"world_size": 2, "backend": "gloo", "hosts": ["h"], "exit_code": 1,
