@@ -121,3 +121,18 @@ def test_drift_after_the_profile_is_caught_at_level_3_not_level_2(tmp_path, tiny
 def test_bad_level_is_exit_2_before_any_work(tmp_path, tiny_checkpoint, capsys):
     code, summary, _ = certify(tmp_path, tiny_checkpoint, "--level", "2", "--burn-in", "1m")
     assert code == 2 and summary is None and "not at level 2" in capsys.readouterr().err
+
+
+def test_run_verify_documents_and_passes_the_level(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "run_verify.sh"
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "--level L" in done.stdout and "--burn-in DURATION" in done.stdout and "4 soak" in done.stdout
+    done = subprocess.run(["bash", str(script), "--device", "cpu", "--level", "2", "--burn-in", "60s", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert done.returncode == 2 and "not at level 2" in done.stderr
