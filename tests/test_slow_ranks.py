@@ -14,6 +14,7 @@ def test_two_ranks_one_sleeping_is_named_and_fails_at_level_3():
     assert section["suspects"] == [1] and section["verdict"] == "FAIL"
     assert section["ranks"]["1"]["worst"] == "latency:reconstruction/b1/256x256"
     assert section["ranks"]["1"]["worst_ratio"] == pytest.approx(1.6)
+    assert section["ranks"]["1"]["latency_ratio"] == pytest.approx((1.6 + 1.04) / 2)
     assert "rank 1" in section["reasons"][0] and "1.60x slower" in section["reasons"][0]
     assert section["ranks"]["0"]["suspect"] is False
 
@@ -63,3 +64,11 @@ def test_from_rank_folders_reads_each_ranks_summary_and_its_level(tmp_path):
     section = from_rank_folders(tmp_path, [0, 1, 2])  # rank 2 has no summary: left out
     assert section["suspects"] == [1] and section["verdict"] == "FAIL" and section["level"] == 3
     assert "CONTENDED x2.0" in section["reasons"][0]
+
+
+def test_one_noisy_task_is_not_a_slow_card_and_the_cpu_takes_the_median_throughput():
+    latency = {0: {"a": 100.0, "b": 100.0, "c": 100.0}, 1: {"a": 180.0, "b": 101.0, "c": 99.0}}
+    assert slow_ranks(latency, level=3)["suspects"] == []
+    throughput = {0: {"h2d": 25.0, "d2d": 3000.0, "mm": 300.0}, 1: {"h2d": 12.0, "d2d": 2990.0, "mm": 301.0}}
+    assert slow_ranks({}, throughput, level=3)["suspects"] == [1]  # a device: a bad link alone is a suspect
+    assert slow_ranks({}, throughput, level=3, on_cpu=True)["suspects"] == []

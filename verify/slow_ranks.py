@@ -4,7 +4,10 @@ A card that answers correctly but 40 % slower than its neighbours (thermal throt
 power mode) passes every accuracy gate. In a multi-card run every rank times the same tasks on the same
 inputs, so the other cards are the baseline: for each task, rank r's latency over the median of the others'
 latencies; for each spot-check figure (throughput, higher is better), the median of the others over rank r's.
-A ratio above ``SLOW_RATIO`` (1.25) on any figure names the rank a suspect; from level 3 on a suspect fails.
+The rank is a suspect when the median of its latency ratios is above ``SLOW_RATIO`` (1.25): a throttled or
+misconfigured card is slow at every task, while one noisy task is not a card; or when a spot-check figure is
+(on a device any one of them: a bad link shows in the copies only; on the CPU their median, since ranks that
+share the host's cores measure each other's noise). From level 3 on a suspect fails.
 
 Inputs are plain dicts, so the function serves the server summary and the tests alike::
 
@@ -37,18 +40,19 @@ def _ratios(values: Mapping[int, float], higher_is_better: bool) -> Dict[int, Op
 
 def slow_ranks(latency: Mapping[int, Mapping[str, float]],
                throughput: Optional[Mapping[int, Mapping[str, float]]] = None,
-               ratio: float = SLOW_RATIO, level: int = 2, contention: Optional[Mapping[int, dict]] = None) -> dict:
-    """The ``slow_ranks`` section: per rank and figure the ratio to the median of the others; suspects (any
-    ratio > ``ratio``), with the figure that is worst; verdict FAIL at ``level`` >= FAIL_FROM_LEVEL when there
+               ratio: float = SLOW_RATIO, level: int = 2, contention: Optional[Mapping[int, dict]] = None,
+               on_cpu: bool = False) -> dict:
+    """The ``slow_ranks`` section: per rank and figure the ratio to the median of the others; suspects (module
+    docstring), with the figure that is worst; verdict FAIL at ``level`` >= FAIL_FROM_LEVEL when there
     is a suspect, else PASS (a finding below that level). With fewer than two ranks nothing is compared.
     ``contention``: {rank: verify.spot_checks.contention(...)} when known; a suspect whose own calibration says
     CONTENDED is still named, and the reason says the machine, not only the card, may be at fault."""
     ranks = sorted(set(latency) | set(throughput or {}))
     section = {"ratio": ratio, "level": level, "fail_from_level": FAIL_FROM_LEVEL, "ranks": {},
                "suspects": [], "reasons": [], "verdict": "PASS",
-               "rule": (f"a rank is a suspect when any task's latency is more than {ratio:g}x the median of the "
-                        f"other ranks', or any spot-check throughput less than 1/{ratio:g} of theirs; "
-                        f"a suspect fails from level {FAIL_FROM_LEVEL}")}
+               "rule": (f"a rank is a suspect when the median of its task latencies over the other ranks' is above "
+                        f"{ratio:g}x, or {'the median of its' if on_cpu else 'any of its'} spot-check throughputs "
+                        f"is below 1/{ratio:g} of theirs; a suspect fails from level {FAIL_FROM_LEVEL}")}
     if len(ranks) < 2:
         section["note"] = "fewer than two ranks: nothing to compare with"
         return section
@@ -65,15 +69,23 @@ def slow_ranks(latency: Mapping[int, Mapping[str, float]],
             q = fig["ratio_to_others"]
             if q is not None and (worst is None or q > worst):
                 worst_key, worst = key, q
-        suspect = worst is not None and worst > ratio
+        lat = [f["ratio_to_others"] for k, f in figures[r].items() if k.startswith("latency:")
+               and f["ratio_to_others"] is not None]
+        thr = [f["ratio_to_others"] for k, f in figures[r].items() if k.startswith("throughput:")
+               and f["ratio_to_others"] is not None]
+        latency_ratio = statistics.median(lat) if lat else None
+        throughput_ratio = (statistics.median(thr) if on_cpu else max(thr)) if thr else None
+        suspect = any(q is not None and q > ratio for q in (latency_ratio, throughput_ratio))
         section["ranks"][str(r)] = {"figures": figures[r], "worst": worst_key, "worst_ratio": worst,
+                                    "latency_ratio": latency_ratio, "throughput_ratio": throughput_ratio,
                                     "suspect": suspect}
         if suspect:
             section["suspects"].append(r)
             kind, key = worst_key.split(":", 1)
             what = "slower" if kind == "latency" else "lower throughput"
-            line = (f"rank {r}: {key} {worst:.2f}x {what} than the median of the other ranks "
-                    f"(bound {ratio:g}x): right but slow; check its clocks, temperature, power mode and link")
+            line = (f"rank {r}: {len(lat)} task latencies a median {latency_ratio or 0:.2f}x those of the other "
+                    f"ranks, worst {key} {worst:.2f}x {what} (bound {ratio:g}x): right but slow; check its "
+                    f"clocks, temperature, power mode and link")
             cont = (contention or {}).get(r)
             if cont and cont.get("contended"):
                 line += f" (its host was {cont.get('label')} during the run)"
@@ -124,4 +136,6 @@ def from_rank_folders(out, ranks) -> dict:
             continue
     level = max([((s.get("level") or {}).get("level") or 2) for s in summaries.values()] or [2])
     contention = {r: (s.get("timings") or {}).get("contention") for r, s in summaries.items()}
-    return slow_ranks(rank_latencies(summaries), rank_throughputs(summaries), level=level, contention=contention)
+    on_cpu = any(str((s.get("candidate") or {}).get("device", "")).startswith("cpu") for s in summaries.values())
+    return slow_ranks(rank_latencies(summaries), rank_throughputs(summaries), level=level, contention=contention,
+                      on_cpu=on_cpu)
