@@ -91,6 +91,8 @@ def timing_lines(summary: dict) -> list:
                          f"p90 {_ms(r.get('p90_ms'))}  min {_ms(r.get('min_ms'))}  (n={r.get('n', '?')}){flag}")
         if timings.get("unstable_note"):
             lines.append(f"  NOTE: {timings['unstable_note']}")
+        if timings.get("contended_note"):  # verify.levels: the calibration says the run did not have the machine
+            lines.append(f"  {(timings.get('contention') or {}).get('label', 'CONTENDED')}: {timings['contended_note']}")
     else:
         lines.append("timing: not measured (--no-timing)")
     load = timings.get("machine_load") or {}
