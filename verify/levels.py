@@ -211,8 +211,7 @@ def annotate(summary: dict, level: Level, extras: dict) -> list:
     lines = [f"level {level.level} ({level.name}): profile {level.profile}"
              + (f", burn-in {_seconds(level.burn_in_s)}" if level.burn_in_s else "")]
     if cont.get("contended"):
-        timings["contended_note"] = cont["note"]
-        lines.append(f"timings {cont['label']}: {cont['note']}")
+        timings["contended_note"] = cont["note"]  # the console table prints it under the timings
     section = extras.get("burn_in")
     if section and section.get("verdict") == "SKIPPED":
         lines.append(f"burn-in {section['note']}")
