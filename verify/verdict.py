@@ -2,7 +2,9 @@
 
 The metrics are computed in `verify.metrics`; this module only reads the records and applies the
 rules. Thresholds come from a YAML file (default: ``verify/thresholds.yaml``, schema
-``vtp-thresholds/1``, documented in the file's comments) read by `load_thresholds`.
+``vtp-thresholds/2``, documented in the file's comments) read by `load_thresholds`; its optional
+``calibration`` section states each number's derivation, and `calibration_findings` lists the gates
+that have left it.
 
 Rules for one tensor (`judge`); any one of them makes it FAIL, and each gives one reason line:
 
@@ -56,6 +58,8 @@ __all__ = [
     "THRESHOLD_KEYS",
     "THRESHOLDS_SCHEMA",
     "ThresholdsError",
+    "calibration_findings",
+    "calibration_margin",
     "judge",
     "judge_task",
     "load_thresholds",
@@ -87,7 +91,13 @@ _KEY_SPECS = {
 }
 THRESHOLD_KEYS = tuple(_KEY_SPECS)
 REQUIREMENT_KEYS = ("max_rel_err", "min_cosine")  # the user's stated requirement: a floor, reported as such
-_TOP_LEVEL_KEYS = ("schema", "version", "precisions", "overrides")
+_TOP_LEVEL_KEYS = ("schema", "version", "precisions", "overrides", "calibration")
+# The optional calibration section: per precision, where the clean errors were measured and, per gate, the
+# measured clean worst value with the margin range the derivation claims, or the stated reason for a number
+# that has no measured basis. Lower-bound gates (min_cosine, min_top1) are calibrated as 1 - value.
+_CALIBRATION_KEYS = ("measured_on", "gates")
+_CALIBRATION_ENTRY_KEYS = ("measured", "tensor", "case", "margin", "reason")
+_ONE_MINUS = ("min_cosine", "min_top1")
 
 
 class ThresholdsError(ValueError):
@@ -137,6 +147,80 @@ def _block(block, source: str, where: str, need: str) -> dict:
                 out[key] = None
             continue
         out[key] = _number(block[key], source, f"{where}.{key}", required)
+    return out
+
+
+def _calibration_entry(entry, source: str, where: str) -> dict:
+    """One gate's calibration: a measured clean worst value with its claimed margin range, or a reason."""
+    if not isinstance(entry, Mapping):
+        raise ThresholdsError(f"{source}: key '{where}' must be a mapping with keys "
+                              f"{', '.join(_CALIBRATION_ENTRY_KEYS)}, got {type(entry).__name__}")
+    for key in entry:
+        if key not in _CALIBRATION_ENTRY_KEYS:
+            raise ThresholdsError(f"{source}: unknown key '{where}.{key}' "
+                                  f"(known: {', '.join(_CALIBRATION_ENTRY_KEYS)})")
+    out = {key: entry.get(key) for key in _CALIBRATION_ENTRY_KEYS}
+    for key in ("tensor", "case", "reason"):
+        if out[key] is not None and (not isinstance(out[key], str) or not out[key].strip()):
+            raise ThresholdsError(f"{source}: key '{where}.{key}' must be a non-empty string, got {out[key]!r}")
+    measured = out["measured"]
+    if measured is not None:
+        if isinstance(measured, bool) or not isinstance(measured, (int, float)) or not math.isfinite(measured) \
+                or measured < 0:
+            raise ThresholdsError(f"{source}: key '{where}.measured' must be a finite number >= 0, got {measured!r}")
+        out["measured"] = float(measured)
+    margin = out["margin"]
+    if margin is not None:
+        if (not isinstance(margin, (list, tuple)) or len(margin) != 2
+                or any(isinstance(m, bool) or not isinstance(m, (int, float)) for m in margin)
+                or not 0 < margin[0] <= margin[1] < math.inf):
+            raise ThresholdsError(f"{source}: key '{where}.margin' must be [low, high] with 0 < low <= high, "
+                                  f"got {margin!r}")
+        if out["measured"] is None or out["measured"] == 0:
+            raise ThresholdsError(f"{source}: key '{where}.margin' needs a measured value > 0 to be a margin over "
+                                  f"(measured: {measured!r}); state a reason instead")
+        out["margin"] = [float(margin[0]), float(margin[1])]
+    if out["margin"] is None and out["reason"] is None:
+        raise ThresholdsError(f"{source}: key '{where}' has neither a measured value with a margin nor a reason")
+    return out
+
+
+def _calibration(raw, source: str) -> dict:
+    """The optional ``calibration`` section, validated: {precision: {"measured_on": {...}, "gates": {...}}}."""
+    if not isinstance(raw, Mapping):
+        raise ThresholdsError(f"{source}: key 'calibration' must be a mapping of precisions, "
+                              f"got {type(raw).__name__}")
+    out = {}
+    for p, section in raw.items():
+        if p not in PRECISIONS:
+            raise ThresholdsError(f"{source}: unknown precision 'calibration.{p}' (known: {', '.join(PRECISIONS)})")
+        if not isinstance(section, Mapping):
+            raise ThresholdsError(f"{source}: key 'calibration.{p}' must be a mapping with keys "
+                                  f"{', '.join(_CALIBRATION_KEYS)}, got {type(section).__name__}")
+        for key in section:
+            if key not in _CALIBRATION_KEYS:
+                raise ThresholdsError(f"{source}: unknown key 'calibration.{p}.{key}' "
+                                      f"(known: {', '.join(_CALIBRATION_KEYS)})")
+        measured_on, gates = section.get("measured_on") or {}, section.get("gates")
+        if not isinstance(measured_on, Mapping) or any(
+                isinstance(v, bool) or not isinstance(v, (str, int, float)) for v in measured_on.values()):
+            raise ThresholdsError(f"{source}: key 'calibration.{p}.measured_on' must map names to strings or "
+                                  f"numbers, got {measured_on!r}")
+        if not isinstance(gates, Mapping):
+            raise ThresholdsError(f"{source}: key 'calibration.{p}.gates' must map gate keys to entries, "
+                                  f"got {type(gates).__name__}")
+        entries = {}
+        for key, entry in gates.items():
+            if key not in _KEY_SPECS:
+                raise ThresholdsError(f"{source}: unknown key 'calibration.{p}.gates.{key}' "
+                                      f"(known: {', '.join(THRESHOLD_KEYS)})")
+            entries[key] = _calibration_entry(entry, source, f"calibration.{p}.gates.{key}")
+        if any(e["measured"] is not None for e in entries.values()):
+            for key in ("date", "cases"):
+                if not measured_on.get(key):
+                    raise ThresholdsError(f"{source}: missing key 'calibration.{p}.measured_on.{key}' "
+                                          f"(where the measured values come from)")
+        out[p] = {"measured_on": dict(measured_on), "gates": entries}
     return out
 
 
@@ -207,17 +291,22 @@ def validate_thresholds(raw, source: str = "<thresholds>") -> dict:
         "source": source,
         "precisions": precisions,
         "overrides": overrides,
+        "calibration": _calibration(raw["calibration"], source) if raw.get("calibration") is not None else None,
     }
 
 
 def load_thresholds(path: Union[str, Path, None] = None) -> dict:
     """Read and validate a threshold file (default ``verify/thresholds.yaml``) with OmegaConf.
 
-    Returns ``{"schema": "vtp-thresholds/1", "version": int, "source": str (the path),
+    Returns ``{"schema": "vtp-thresholds/2", "version": int, "source": str (the path),
     "precisions": {"fp32" | "fp16" | "bf16": {key: float | None}},
-    "overrides": {precision: {tensor name: {key: float | None}}}}``, every precision present in
-    ``overrides`` (possibly empty). Keys: ``max_rel_err``, ``min_cosine``, ``max_rel_l2``,
-    ``min_top1``, ``max_prob_abs``; None means "not checked". Integers become floats.
+    "overrides": {precision: {tensor name: {key: float | None}}},
+    "calibration": None | {precision: {"measured_on": {name: str | number},
+                                       "gates": {key: {"measured", "tensor", "case", "margin", "reason"}}}}}``,
+    every precision present in ``overrides`` (possibly empty). Keys: `THRESHOLD_KEYS`; None means "not
+    checked". Integers become floats. The optional calibration section is checked for its form only (each
+    entry a measured value >= 0 with a margin range [low, high], or a reason); `calibration_findings` says
+    which gates sit outside the margin their derivation states.
 
     Raises FileNotFoundError for a missing file, ThresholdsError (a ValueError) naming the file
     and the key for anything `validate_thresholds` rejects and for YAML that does not parse.
@@ -248,6 +337,41 @@ def select_thresholds(table: Mapping, precision: str, name: Optional[str] = None
     if name is not None:
         limits.update(table.get("overrides", {}).get(precision, {}).get(name, {}))
     return limits
+
+
+def calibration_margin(key: str, threshold: float, measured: float) -> float:
+    """The margin a gate leaves over its measured clean worst value: threshold / measured for upper limits,
+    (1 - threshold) / measured for min_cosine and min_top1, whose measured value is already 1 - value."""
+    return ((1.0 - threshold) if key in _ONE_MINUS else threshold) / measured
+
+
+def calibration_findings(table: Mapping) -> list:
+    """Where the gates of ``table`` (from `load_thresholds`) leave the derivation in its calibration section:
+    one line per gate that has neither a measured value nor a reason, that is switched off (null) while a
+    margin is claimed, or whose margin over the measured clean worst value lies outside the claimed range.
+    An empty list means every number sits where its derivation says."""
+    source, calibration = table.get("source", "<thresholds>"), table.get("calibration")
+    if not calibration:
+        return [f"{source}: no calibration section: no gate has a stated derivation"]
+    findings = []
+    for p in PRECISIONS:
+        gates = (calibration.get(p) or {}).get("gates") or {}
+        for key in THRESHOLD_KEYS:
+            threshold, entry = table["precisions"][p][key], gates.get(key)
+            where = f"{source}: precisions.{p}.{key}"
+            if entry is None:
+                findings.append(f"{where}: no calibration entry (neither a measured value nor a stated reason)")
+            elif entry["margin"] is not None and threshold is None:
+                findings.append(f"{where} is null (off) but calibration.{p}.gates.{key} claims a margin")
+            elif entry["margin"] is not None:
+                low, high = entry["margin"]
+                margin = calibration_margin(key, threshold, entry["measured"])
+                if not low <= margin <= high:
+                    what = "1 - threshold" if key in _ONE_MINUS else "threshold"
+                    findings.append(f"{where}: {what} {_fmt(1.0 - threshold if key in _ONE_MINUS else threshold)} is "
+                                    f"{margin:.3g}x the measured clean worst {_fmt(entry['measured'])}, outside the "
+                                    f"stated margin [{low:g}, {high:g}]")
+    return findings
 
 
 def _resolve(thresholds: Mapping, precision: Optional[str], name: str) -> dict:
