@@ -28,7 +28,7 @@ SHIMS = {"vtp.eval.__main__": "vtp_tools", "vtp.extract": "vtp_tools"}
 STAGES = [
     ("foundations", ["verify", "verify.metrics", "verify.faults", "verify.timing", "verify.plots", "verify.cli",
                      "verify.fp32_modules", "verify.threads"]),
-    ("cases and gates", ["verify.envelope", "verify.cases", "verify.verdict", "verify.divergence"]),
+    ("cases and gates", ["verify.envelope", "verify.cases", "verify.thresholds", "verify.verdict", "verify.divergence"]),
     ("run", ["verify.run"]),
     ("compare and judge", ["verify.judge", "verify.layer_compare", "verify.slow_ranks"]),
     ("locate", ["verify.lockstep", "verify.first_divergent", "verify.locate", "verify.bisection", "verify.golden"]),
