@@ -2,7 +2,7 @@
 
 The metrics are computed in `verify.metrics`; this module only reads the records and applies the
 rules. Thresholds come from a YAML file (default: ``verify/thresholds.yaml``, schema
-``vtp-thresholds/2``, documented in the file's comments) read by `load_thresholds`; its optional
+``vtp-thresholds/2``, documented in the file's comments) read by verify.thresholds' `load_thresholds`; its optional
 ``calibration`` section states each number's derivation, and `calibration_findings` lists the gates
 that have left it.
 
