@@ -141,3 +141,15 @@ def test_imagenet_names_need_1000_classes(tmp_path, tiny_checkpoint, capsys):
     code = main(["zero-shot", "--data", str(root), "--weights", str(tiny_checkpoint), "--device", "cpu",
                  "--classnames", "imagenet", "--workers", "0", "--out", str(tmp_path / "r.json"), "-q"])
     assert code == 2 and "1000 class names" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+
+
+def test_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
+    from vtp_tools.eval import cli
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    assert cli.main(["zero-shot", "--data", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().startswith("interrupted: no result was written") and "Traceback" not in err

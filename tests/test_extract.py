@@ -85,3 +85,20 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path, tiny_checkpoint
     assert main(common) == 0
     assert main(common[:-2] + ["--batch-size", "3", "--shard-size", "2"]) == 2
     assert "another extraction (shard_size differ)" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path, monkeypatch, capsys):
+    from vtp_tools import extract as tool
+
+    out = tmp_path / "latents"
+    out.mkdir()
+    (out / "latents_shard00000.safetensors").write_bytes(b"x")
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tool, "extract", interrupted)
+    code = tool.main(["--data", str(tmp_path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in err
+    assert "1 finished shard(s) kept in" in err and "rerun the same command to resume" in err

@@ -474,4 +474,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from verify.cli import exit_with
+
+    exit_with(main, "no verdict; this run wrote no accuracy_summary.json (it is written at "
+                    "the end); rerun the same command")

@@ -322,4 +322,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from verify.cli import exit_with
+
+    exit_with(main, "no --fusion spec or fp32-modules file was written (only a "
+                    "configuration that passed is); rerun the same command")

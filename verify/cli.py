@@ -5,6 +5,7 @@ the harness self-test and the prompts (--prompt TEXT, repeatable, or --prompts-f
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -27,3 +28,13 @@ def add_run_options(p: argparse.ArgumentParser, *, precision_default="fp32", pre
     add_prompt_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
+
+def exit_with(main, kept: str) -> None:
+    """``sys.exit(main())``; Ctrl-C ends in one line saying what was kept and how to go on (exit 130),
+    not in a traceback."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {kept}", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -479,4 +479,7 @@ def _run(args) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from verify.cli import exit_with
+
+    exit_with(main, "no divergence.json was written (it is written at the end); rerun the "
+                    "same command")

@@ -430,4 +430,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from verify.cli import exit_with
+
+    exit_with(main, "the finished runs' folders are kept under --out; selftest.json is "
+                    "written at the end: rerun the same command")

@@ -310,6 +310,11 @@ def main(argv=None) -> int:
     except (DatasetError, DeviceError, WeightsMissing, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line, no traceback: what is kept and how to go on
+        done = len(list(Path(args.out).glob("latents_shard*.safetensors"))) if args.out else 0
+        print(f"\ninterrupted: {done} finished shard(s) kept in {args.out}; rerun the same command to resume "
+              "(finished shards are not computed again)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -314,3 +314,7 @@ def main(argv=None, model=None, identity=None) -> int:
     except (UsageError, DatasetError, CompareError, DeviceError, WeightsMissing, MetricWeightsMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line, no traceback
+        print("\ninterrupted: no result was written (the result file is written once, at the end); rerun the "
+              "same command to start again", file=sys.stderr)
+        return 130
