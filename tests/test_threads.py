@@ -22,15 +22,21 @@ def clean_env(monkeypatch):
 
 
 def test_oversubscribed_machine_gets_passive_waiting(clean_env):
-    import torch  # noqa: F401  (imported: the record must say the variables came too late for this process)
-
-    clean_env.setattr(threads, "load_1min", lambda: 4.0)
-    record = threads.configure_before_torch_import()
     import os
 
+    clean_env.setattr(threads, "load_1min", lambda: 4.0)
+    record = threads.configure_before_torch_import(torch_imported=False)
     assert record["oversubscribed"] and record["set"] == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and record["torch_already_imported"]
-    assert "child processes only" in threads.describe(record)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_too_late_after_import_torch_sets_nothing(clean_env):
+    import os
+
+    clean_env.setattr(threads, "load_1min", lambda: 4.0)
+    record = threads.configure_before_torch_import(torch_imported=True)
+    assert record["set"] == {} and "OMP_WAIT_POLICY" not in os.environ and "too late" in record["note"]
+    assert "waiting policy unchanged" in threads.describe(record)
 
 
 def test_idle_machine_keeps_the_defaults_and_the_users_values_win(clean_env):
@@ -53,5 +59,7 @@ def test_apply_threads_follows_the_free_cores_and_vtp_threads(clean_env):
         assert threads.apply_threads() == {"threads": 2, "chosen_by": "VTP_THREADS=2", "torch_default": 1}
         clean_env.setenv(threads.ENV_FORCE, "off")
         assert "torch's default" in threads.apply_threads()["chosen_by"]
+        threads.restore_threads({"torch_default": before})
+        assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)

@@ -200,6 +200,9 @@ def annotate(summary: dict, level: Level, extras: dict) -> list:
     timings["contention"] = {**cont, "calibration_start": extras.get("calibration_start"),
                              "calibration_end": extras.get("calibration_end")}
     timings["threads"] = extras.get("threads")
+    from verify.threads import restore_threads
+
+    restore_threads((extras.get("threads") or {}).get("applied"))  # the process as the run found it
     harness = timings.get("harness")
     if isinstance(harness, dict) and harness.get("overhead_s") is not None:  # the level's own steps are not overhead
         harness["level_checks_s"] = extras.get("seconds", 0.0)

@@ -70,17 +70,23 @@ def _forced() -> Optional[str]:
     return value.strip().lower() if value else None
 
 
-def configure_before_torch_import() -> dict:
+def configure_before_torch_import(torch_imported: Optional[bool] = None) -> dict:
     """Set OMP_WAIT_POLICY / OMP_NUM_THREADS for an oversubscribed machine; call before ``import torch``.
-    Returns what it found and did (``torch_already_imported`` True means the variables came too late)."""
+    Returns what it found and did. When torch is already imported (``torch_imported``; default: look in
+    sys.modules) nothing is set: the variables would no longer reach this process's OpenMP runtime, only its
+    child processes, which then inherit a decision made for another moment."""
     cores, load = usable_cores(), load_1min()
     free = free_cores(0, load, cores)
     forced = _forced()
     oversubscribed = load is not None and load / cores >= OVERSUBSCRIBED_AT
+    imported = "torch" in sys.modules if torch_imported is None else torch_imported
     record = {"usable_cores": cores, "load_1min": load, "free_cores": free, "oversubscribed": oversubscribed,
-              "torch_already_imported": "torch" in sys.modules, "set": {}, "kept_user_values": {}}
+              "torch_already_imported": imported, "set": {}, "kept_user_values": {}}
     if forced == "off":
         record["note"] = f"{ENV_FORCE}=off: the OpenMP and torch defaults are kept"
+        return record
+    if imported:
+        record["note"] = "torch was already imported: OMP_WAIT_POLICY/OMP_NUM_THREADS not set (too late)"
         return record
     wanted = {}
     if oversubscribed:
@@ -120,6 +126,15 @@ def apply_threads(torch_module=None) -> dict:
     return {"threads": threads, "chosen_by": why, "torch_default": before}
 
 
+def restore_threads(applied: Optional[dict]) -> None:
+    """Give torch back the thread count it had before `apply_threads` (a harness run inside a longer
+    process, e.g. a test session or the multi-card worker, leaves the process as it found it)."""
+    import torch
+
+    if applied and applied.get("torch_default") and torch.get_num_threads() != applied["torch_default"]:
+        torch.set_num_threads(applied["torch_default"])
+
+
 _SET_BY_US: set = set()
 _FIRST: list = []
 
@@ -144,8 +159,8 @@ def describe(record: dict, applied: Optional[dict] = None) -> str:
              if record.get("load_1min") is not None else "load unknown"]
     if record.get("set"):
         parts.append("set " + " ".join(f"{k}={v}" for k, v in record["set"].items()))
-    if record.get("torch_already_imported") and record.get("set"):
-        parts.append("(torch was already imported: the OpenMP variables take effect in child processes only)")
+    if record.get("torch_already_imported"):
+        parts.append("torch already imported: OpenMP waiting policy unchanged")
     if applied:
         parts.append(f"{applied['threads']} intra-op threads ({applied['chosen_by']})")
     return "threads: " + ", ".join(parts)
