@@ -41,10 +41,10 @@ def test_too_late_after_import_torch_sets_nothing(clean_env):
 
 def test_idle_machine_keeps_the_defaults_and_the_users_values_win(clean_env):
     clean_env.setattr(threads, "load_1min", lambda: 0.1)
-    assert threads.configure_before_torch_import()["set"] == {}
+    assert threads.configure_before_torch_import(torch_imported=False)["set"] == {}
     clean_env.setattr(threads, "load_1min", lambda: 5.0)
     clean_env.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    record = threads.configure_before_torch_import()
+    record = threads.configure_before_torch_import(torch_imported=False)
     assert record["kept_user_values"] == {"OMP_WAIT_POLICY": "ACTIVE"} and "OMP_WAIT_POLICY" not in record["set"]
 
 
