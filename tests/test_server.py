@@ -86,7 +86,8 @@ def test_two_ranks_give_two_rows_one_verdict_and_identical_outputs(tmp_path, tin
     assert summary["server"]["launcher"]["processes_left"] == []
     assert summary["ranks"][0]["reference"].startswith("computed by this rank and shared as")
     assert summary["ranks"][1]["reference"].startswith("golden set") and "from rank 0" in summary["ranks"][1]["reference"]
-    assert (tmp_path / "out" / "golden" / "manifest.json").is_file()
+    shared = list((tmp_path / "out").glob("golden-*/manifest.json"))  # this run's set, pinned by its sha256
+    assert len(shared) == 1 and "manifest sha256" in summary["ranks"][1]["reference"]
 
 
 def test_fault_on_one_rank_fails_that_rank_and_consistency_names_it(tmp_path, tiny_checkpoint):
