@@ -29,6 +29,8 @@ import os
 import sys
 from pathlib import Path
 
+from vtp_tools.options import add_model_arguments
+
 logger = logging.getLogger("vtp_tools.extract")
 
 MANIFEST = "extract_manifest.json"
@@ -259,15 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="output folder for shards, manifest and latents_stats.pt (original: train.output_dir"
                         "/latents/<model>/imgnet<size>_norm<type>)")
-    p.add_argument("--weights", default=None,
-                   help="checkpoint folder (default: weights/VTP-Small-f16d64, synthetic weights with a notice when "
-                        "absent; original: vae.hf_model_path)")
-    p.add_argument("--require-weights", action="store_true",
-                   help="a missing checkpoint is an error, not synthetic weights (default: off; the original always "
-                        "needs vae.hf_model_path)")
-    p.add_argument("--device", default="auto",
-                   help="auto|npu|npu:N|cuda|cuda:N|cpu (default: auto = NPU > CUDA > CPU; under torchrun each process "
-                        "takes its LOCAL_RANK device; the original needs CUDA, device rank %% GPUs)")
+    add_model_arguments(p, original_weights="vae.hf_model_path",
+                        original_device="needs CUDA, device rank %% GPUs")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                    help="autocast precision (default: fp32, what the original computes: its --fp16 flag is stored "
                         "but never used, encode_images never enters autocast, so it runs fp32 with TF32 matmuls on "

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from vtp_tools.options import add_model_arguments
+
 logger = logging.getLogger("vtp_tools.eval")
 
 EXAMPLES = """examples:
@@ -42,15 +44,7 @@ def _add_common(parser: argparse.ArgumentParser, task: str) -> None:
     script, precision, batch, data_opt = ORIGINAL[task]
     data_help = ("a folder with train/ and val/ (ImageFolder each)" if task == "linear-probe" else "ImageFolder root")
     parser.add_argument("--data", required=True, help=f"{data_help} (original: {data_opt})")
-    parser.add_argument("--weights", default=None,
-                        help="checkpoint folder (default: weights/VTP-Small-f16d64, synthetic weights with a notice "
-                             "when absent; original: --model_path)")
-    parser.add_argument("--require-weights", action="store_true",
-                        help="a missing checkpoint is an error, not synthetic weights (default: off; the original "
-                             "always needs --model_path)")
-    parser.add_argument("--device", default="auto",
-                        help="auto|npu|npu:N|cuda|cuda:N|cpu (default: auto = NPU > CUDA > CPU; under torchrun each "
-                             "process takes its LOCAL_RANK device; original: --device cuda:0, --use_ddp)")
+    add_model_arguments(parser, original_weights="--model_path", original_device="--device cuda:0, --use_ddp")
     extra = CPU_AUTOCAST_NOTE if precision == "bf16" else "; the shipped scripts/test_zero_shot_hf.sh sets bf16"
     parser.add_argument("--precision", default=precision, choices=("fp32", "fp16", "bf16"),
                         help=f"autocast precision (default: {precision}, the original's --precision default{extra})")
