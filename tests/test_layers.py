@@ -38,7 +38,7 @@ STAGES = [
                 "verify.report.glance", "verify.report.server_html",
                 "verify.report.burn_in"]),
     ("harness", ["verify.preflight", "verify.accuracy_eval", "verify.env_check", "verify.bench",
-                 "verify.original", "verify.model_parity", "verify.bench_original", "verify.spot_checks", "verify.burn_in", "verify.levels"]),
+                 "verify.original", "verify.model_parity", "verify.bench_original", "verify.spot_checks", "verify.probes", "verify.burn_in", "verify.levels"]),
     ("tools above the harness", ["verify.server", "verify.server.common", "verify.server.collectives",
                                  "verify.server.consistency", "verify.server.summary", "verify.server.launch",
                                  "verify.server.worker", "verify.server.cli", "verify.server.__main__",
