@@ -18,7 +18,9 @@ Conventions shared by every function in this module:
 - Results are plain Python numbers. `compare_tensors` returns a JSON-safe dict in which a
   non-finite float is written as the string ``"nan"``, ``"inf"`` or ``"-inf"`` (see `json_float`).
 
-The verdict (PASS/FAIL against thresholds) lives in `verify.verdict`, not here.
+The verdict (PASS/FAIL against thresholds) lives in `verify.verdict`, not here. This file is a little over
+500 lines on purpose: every metric is a short pure function with its formula and its NaN/Inf/zero rules in
+its docstring, and they belong together (one place to read what a number in a report means).
 """
 from __future__ import annotations
 
