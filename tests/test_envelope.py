@@ -126,3 +126,14 @@ def test_a_fuzzed_run_records_its_seed_and_cases(tmp_path, tiny_checkpoint):
     assert set(fuzz["cases"]) <= ran
     coverage_check = next(c for c in summary["checks"] if c["check"] == "coverage")
     assert coverage_check["detail"]["fuzz"]["seed"] == fuzz["seed"]
+
+
+def test_a_failed_sweep_says_how_to_replay_it_on_the_console():
+    from verify.report.glance import glance_lines
+    from verify.report.table import check_lines
+
+    fuzz = {"n": 4, "seed": 17, "replay": "--fuzz 4 --seed 17", "cases": ["ssl/b9/64x64/fuzz0"]}
+    summary = {"verdict": "FAIL", "overall": {"verdict": "FAIL", "reasons": ["x"]}, "profile": {"fuzz": fuzz},
+               "cases": [], "checks": [{"check": "coverage", "id": "profile quick", "detail": {"fuzz": fuzz}}]}
+    assert any("replay these cases with --fuzz 4 --seed 17" in line for line in glance_lines(summary))
+    assert any("seed 17; replay them with --fuzz 4 --seed 17" in line for line in check_lines(summary))

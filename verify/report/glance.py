@@ -204,6 +204,9 @@ def glance_lines(summary: dict, out=None, verdict: bool = True) -> list:
     if reasons:
         where = f"{out}/log.txt and accuracy_summary.json" if out else "log.txt and accuracy_summary.json"
         lines.append(f"{len(reasons)} failure lines (case, call, tensor, gate) are in {where}")
+    fuzz = _d(_d(summary.get("profile")).get("fuzz"))
+    if fuzz.get("replay") and summary.get("verdict") != "PASS":
+        lines.append(f"random sweep seed {fuzz.get('seed')}: replay these cases with {fuzz['replay']}")
     if out is not None:
         lines.append(f"open the report: xdg-open {out}/report.html   (or open it in any browser)")
     return lines

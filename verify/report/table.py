@@ -75,6 +75,10 @@ def check_lines(summary: dict) -> list:
                          f"{d.get('prompts')} prompts up to {d.get('longest_prompt_tokens')} tokens "
                          f"({d.get('truncated_prompts')} truncated), max token id {d.get('max_token_id')}"
                          + (f"; gaps: {'; '.join(d['gaps'])}" if d.get("gaps") else ""))
+            fuzz = d.get("fuzz") if isinstance(d.get("fuzz"), dict) else None
+            if fuzz:
+                lines.append(f"random sweep: {fuzz.get('n')} case(s) drawn from the envelope with seed "
+                             f"{fuzz.get('seed')}; replay them with {fuzz.get('replay')}")
     return lines
 
 
