@@ -24,7 +24,8 @@ SYNTHETIC_NOTICE = ("NOTICE: no checkpoint found at {path}; using SYNTHETIC rand
 
 
 # The --fusion syntax, for the help of every entry point (ascend.fusion.parse_fusion_spec reads it).
-FUSION_HELP = ("fused-operator rules (default all): 'all'; 'none'; a comma list of the rules to apply "
+FUSION_HELP = ("fused-operator rules (default all): 'all'; 'none'; 'auto' (only the rules flagged exact: all but the "
+               "tanh gelu; on an NPU their kernels still differ by ULPs); a comma list of the rules to apply "
                "(gelu,layernorm); a comma list of rules to leave out, each with a leading '-' (-gelu,-rope = all "
                "but gelu and rope; 'all,-gelu' is the same as '-gelu'; --fusion -gelu works as --fusion=-gelu); "
                "or a YAML rule file (ascend/fusion.yaml). "
