@@ -10,6 +10,8 @@ usage: bash run_verify.sh [--device D] [--weights DIR] [--precision fp32|fp16|bf
                           [--prompt TEXT ...] [--prompts-file FILE] [--no-timing] [--require-weights]
                           [--out DIR] [--inject-fault SPEC] [--nproc N|all] [--locate]
                           [--save-golden DIR] [--reference DIR] [--fp32-modules FILE] [--dataset DIR]
+                          [--reference-sha256 HEX] [--golden-source reference|candidate]
+                          [--batch-sizes LIST] [--sizes LIST] [--fuzz N] [--seed S]
                           [--level 1|2|3|4] [--burn-in DURATION]
 
 Certify the VTP port on this machine, in three steps (after a check of every option, in seconds):
