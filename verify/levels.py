@@ -35,8 +35,9 @@ NAMES = {1: "quick", 2: "default", 3: "long", 4: "soak"}
 PROFILES = {1: "quick", 2: "default", 3: "full", 4: "full"}
 BUDGETS = {1: "about 45 s (synthetic Small, 2 CPU cores)", 2: "about 2 min (synthetic Small, 2 CPU cores)"}
 CONTENT = {
-    1: "the quick profile (every task at batch 1 and one more shape, short and long prompts, 3 timed calls)",
-    2: "the default profile (every task at 5 shapes, 4 prompt sets, 10 timed calls) + device spot checks",
+    1: "the quick profile (every task at 3 shapes: batch 1, 3 and 8; 4 prompt sets; 3 timed calls)",
+    2: "the default profile (every task at 5 shapes: batch 1 to 9, up to 1089 patches; 6 prompt sets; 10 timed "
+       "calls) + device spot checks",
     3: "the full profile (default on the CPU) + device spot checks + burn-in (every answer checked, memory, "
        "latency drift, sensors)",
     4: "the full profile (default on the CPU) + device spot checks + burn-in of the given duration",
