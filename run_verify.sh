@@ -32,7 +32,7 @@ options:
                        (-gelu,-rope: write it with '=' so that the leading '-' is not read as an option) or a
                        YAML file
   --profile P          cases of verify/cases.yaml: quick, default (the default) or full
-  --quick              same as --profile quick: batch 1 and a second shape, short and long prompts, 3 timed
+  --quick              same as --profile quick: batches 1, 3 and 8; short, long, one and nine prompts; 3 timed
                        calls, no cold-process load timing (budget 45 s on synthetic Small and 2 CPU cores,
                        against 120 s for the default profile; see README)
   --level L            certification level (printed before it starts, recorded in accuracy_summary.json):
