@@ -17,10 +17,7 @@ import math
 from typing import Optional
 
 from verify.report.fmt import _num
-
-
-def _d(x) -> dict:
-    return x if isinstance(x, dict) else {}
+from verify.report.summary import _d
 
 
 def _real(x) -> Optional[float]:
