@@ -68,18 +68,19 @@ def _number(value, source: str, key: str, required: bool) -> Optional[float]:
     return v
 
 
+def _known_keys(block, known, source: str, where: str) -> None:
+    """ThresholdsError unless ``block`` is a mapping whose keys are all in ``known``."""
+    if not isinstance(block, Mapping):
+        raise ThresholdsError(f"{source}: key '{where}' must be a mapping with keys {', '.join(known)}, "
+                              f"got {type(block).__name__}")
+    for key in block:
+        if key not in known:
+            raise ThresholdsError(f"{source}: unknown key '{where}.{key}' (known: {', '.join(known)})")
+
+
 def _block(block, source: str, where: str, need: str) -> dict:
     """Validate one set of limits. need: "all" keys, the "required" ones, or "none" (override)."""
-    if not isinstance(block, Mapping):
-        raise ThresholdsError(
-            f"{source}: key '{where}' must be a mapping with keys {', '.join(THRESHOLD_KEYS)}, "
-            f"got {type(block).__name__}"
-        )
-    for key in block:
-        if key not in _KEY_SPECS:
-            raise ThresholdsError(
-                f"{source}: unknown key '{where}.{key}' (known: {', '.join(THRESHOLD_KEYS)})"
-            )
+    _known_keys(block, THRESHOLD_KEYS, source, where)
     out = {}
     for key, (required, *_rest) in _KEY_SPECS.items():
         if key not in block:
@@ -94,13 +95,7 @@ def _block(block, source: str, where: str, need: str) -> dict:
 
 def _calibration_entry(entry, source: str, where: str) -> dict:
     """One gate's calibration: a measured clean worst value with its claimed margin range, or a reason."""
-    if not isinstance(entry, Mapping):
-        raise ThresholdsError(f"{source}: key '{where}' must be a mapping with keys "
-                              f"{', '.join(_CALIBRATION_ENTRY_KEYS)}, got {type(entry).__name__}")
-    for key in entry:
-        if key not in _CALIBRATION_ENTRY_KEYS:
-            raise ThresholdsError(f"{source}: unknown key '{where}.{key}' "
-                                  f"(known: {', '.join(_CALIBRATION_ENTRY_KEYS)})")
+    _known_keys(entry, _CALIBRATION_ENTRY_KEYS, source, where)
     out = {key: entry.get(key) for key in _CALIBRATION_ENTRY_KEYS}
     for key in ("tensor", "case", "reason"):
         if out[key] is not None and (not isinstance(out[key], str) or not out[key].strip()):
@@ -136,13 +131,7 @@ def _calibration(raw, source: str) -> dict:
     for p, section in raw.items():
         if p not in PRECISIONS:
             raise ThresholdsError(f"{source}: unknown precision 'calibration.{p}' (known: {', '.join(PRECISIONS)})")
-        if not isinstance(section, Mapping):
-            raise ThresholdsError(f"{source}: key 'calibration.{p}' must be a mapping with keys "
-                                  f"{', '.join(_CALIBRATION_KEYS)}, got {type(section).__name__}")
-        for key in section:
-            if key not in _CALIBRATION_KEYS:
-                raise ThresholdsError(f"{source}: unknown key 'calibration.{p}.{key}' "
-                                      f"(known: {', '.join(_CALIBRATION_KEYS)})")
+        _known_keys(section, _CALIBRATION_KEYS, source, f"calibration.{p}")
         measured_on, gates = section.get("measured_on") or {}, section.get("gates")
         if not isinstance(measured_on, Mapping) or any(
                 isinstance(v, bool) or not isinstance(v, (str, int, float)) for v in measured_on.values()):
