@@ -64,3 +64,11 @@ def tiny_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_checkpoint")
     VTPModel.synthetic(tiny_config(), seed=0).save_pretrained(folder)
     return folder
+
+
+def one_shape_cases(path: Path, repeat: bool = True) -> Path:
+    """The smallest cases file the harness runs: every task at 1x32x32 and two prompts, one warm call."""
+    path.write_text("schema: vtp-cases/1\nversion: 1\nprompt_sets:\n  d: ['a dog', 'a cat']\nprofiles:\n"
+                    "  default:\n    images: ['1x32x32']\n    text: [d]\n    zero_shot_prompts: d\n"
+                    f"    timing: ['1x32x32']\n    warmup: 0\n    iters: 1\n    repeat: {str(repeat).lower()}\n")
+    return path

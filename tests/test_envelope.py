@@ -4,6 +4,7 @@ envelope and the seeded sweep add cases, the sweep replays, and the coverage nam
 import json
 
 import pytest
+from conftest import one_shape_cases
 
 from verify.cases import CasesError, build_plan, load_cases, parse_batch_sizes, parse_sizes
 from verify.envelope import TOOLS_BATCHES, batch_class, coverage, eot_class, fuzz_specs, token_class
@@ -112,10 +113,7 @@ def test_tools_batches_are_the_tools_defaults():
 def test_a_fuzzed_run_records_its_seed_and_cases(tmp_path, tiny_checkpoint):
     from verify import accuracy_eval
 
-    cases = tmp_path / "cases.yaml"
-    cases.write_text("schema: vtp-cases/1\nversion: 1\nprompt_sets:\n  d: ['a dog', 'a cat']\nprofiles:\n"
-                     "  default:\n    images: ['1x32x32']\n    text: [d]\n    zero_shot_prompts: d\n"
-                     "    timing: ['1x32x32']\n    warmup: 0\n    iters: 1\n    repeat: false\n")
+    cases = one_shape_cases(tmp_path / "cases.yaml", repeat=False)
     out = tmp_path / "out"
     code = accuracy_eval.main(["--device", "cpu", "--weights", str(tiny_checkpoint), "--cases", str(cases),
                                "--out", str(out), "--quiet", "--no-timing", "--fuzz", "3"])

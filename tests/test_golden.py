@@ -4,6 +4,7 @@ are refused with a message that says what differs."""
 import json
 
 import pytest
+from conftest import one_shape_cases
 import torch
 
 from verify.golden import GoldenError, load_golden, save_golden
@@ -146,10 +147,7 @@ def test_the_harness_pins_and_judges_against_a_trusted_devices_set(tmp_path, tin
     from verify import accuracy_eval
     from verify.golden import manifest_sha256
 
-    cases = tmp_path / "cases.yaml"
-    cases.write_text("schema: vtp-cases/1\nversion: 1\nprompt_sets:\n  d: ['a dog', 'a cat']\nprofiles:\n"
-                     "  default:\n    images: ['1x32x32']\n    text: [d]\n    zero_shot_prompts: d\n"
-                     "    timing: ['1x32x32']\n    warmup: 0\n    iters: 1\n    repeat: true\n")
+    cases = one_shape_cases(tmp_path / "cases.yaml", repeat=True)
     base = ["--device", "cpu", "--weights", str(tiny_checkpoint), "--cases", str(cases), "--quiet", "--no-timing"]
     gold = tmp_path / "gold"
     assert accuracy_eval.main(base + ["--out", str(tmp_path / "a"), "--save-golden", str(gold),
