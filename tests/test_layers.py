@@ -35,7 +35,7 @@ STAGES = [
     ("artifacts", ["verify.artifacts", "verify.setup"]),
     ("report", ["verify.report", "verify.report.fmt", "verify.report.summary", "verify.report.table",
                 "verify.report.server_table", "verify.report.html", "verify.report.cli", "verify.report.__main__",
-                "verify.report.glance", "verify.report.server_html",
+                "verify.report.page", "verify.report.glance", "verify.report.server_html",
                 "verify.report.burn_in"]),
     ("harness", ["verify.preflight", "verify.accuracy_eval", "verify.env_check", "verify.bench",
                  "verify.original", "verify.model_parity", "verify.bench_original", "verify.spot_checks", "verify.probes", "verify.burn_in", "verify.levels"]),

@@ -21,7 +21,6 @@ of A is missing in B); 2 a file is missing or is not an accuracy summary.
 from __future__ import annotations
 
 import argparse
-import html
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ if __package__ in (None, ""):
 
 from verify.report.fmt import _ms, _num  # noqa: E402
 from verify.report.glance import cause, gate_share, server_cause, share_text  # noqa: E402
+from verify.report.page import document, esc  # noqa: E402
 from verify.report.summary import (ENV_KEYS, SUMMARY_NAME, SummaryError, _d, environment_of,  # noqa: E402
                                    read_summary, tensor_rows, timing_rows, verdict_of)
 
@@ -184,7 +184,7 @@ def comparison_lines(c: dict, names=("A", "B"), kinds=("", "")) -> list:
 
 def render_compare_html(c: dict, names, kinds, cards=(None, None)) -> str:
     """compare.html: what changed first, then every row, the timings and the environment; no external resource."""
-    e = lambda x: html.escape("-" if x is None else str(x))  # noqa: E731
+    e = esc
     verdicts = "".join(f'<span class="verdict {v if v in ("PASS", "FAIL") else "other"}">{e(v)}</span>'
                        for v in c["verdicts"])
     runs = "".join(f"<tr><th>{label}</th><td>{e(n)}</td><td>{e(k)}</td><td>{e(cause)}</td></tr>"
@@ -202,26 +202,22 @@ def render_compare_html(c: dict, names, kinds, cards=(None, None)) -> str:
         f"<td class=num>{e(_ratio(t))}</td></tr>" for t in c["timings"])
     env = "".join(f"<tr{' class=bad' if x['differs'] else ''}><td>{e(x['key'])}</td><td>{e(x['a'])}</td>"
                   f"<td>{e(x['b'])}</td></tr>" for x in c["environment"])
-    css = ("body{font-family:system-ui,sans-serif;margin:24px;color:#1d2330;max-width:1400px}"
-           ".verdict{font-size:22px;font-weight:700;padding:6px 14px;border-radius:8px;margin-right:10px}"
-           ".PASS{background:#d9f2df;color:#14622b}.FAIL{background:#fbdcdc;color:#8d1a1a}.other{background:#eee}"
-           "table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #d6dbe3;padding:3px 7px;"
-           "text-align:left}td.num{text-align:right;white-space:nowrap;font-family:ui-monospace,monospace}"
-           "tr.bad td{background:#fff1f1}ul.changes{font-size:16px}details{margin:10px 0}summary{font-weight:600}")
+    css = (".verdict{font-size:22px;padding:6px 14px;margin-right:10px}"
+           "ul.changes{font-size:16px}details{margin:10px 0}summary{font-weight:600}")
     changes = "".join(f"<li>{e(x)}</li>" for x in c["changes"]) or "<li>nothing changed</li>"
     regressions = "".join(f"<li>{e(x)}</li>" for x in c["regressions"]) or "<li>none</li>"
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>VTP runs compared: "
-            f"{e(' vs '.join(c['verdicts']))}</title><style>{css}</style></head><body>"
-            f"<h1>Two runs compared</h1><p>{verdicts}</p><table>{runs}</table>{cards_html}"
-            f"<h2>What changed</h2><ul class='changes' id='changes'>{changes}</ul>"
-            f"<details id='regressions'{' open' if len(c['regressions']) <= 10 else ''}><summary>Regressions: "
-            f"{len(c['regressions'])}</summary><ul>{regressions}</ul></details>"
-            f"<details><summary>Every tensor result ({len(c['rows'])})</summary><table><tr><th>case</th><th>tensor</th>"
-            "<th>verdict A</th><th>verdict B</th><th>rel_l2 A</th><th>rel_l2 B</th><th>budget A</th><th>budget B</th>"
-            f"</tr>{rows}</table></details><details open><summary>Timing</summary><table><tr><th>task</th>"
-            f"<th>median A ms</th><th>median B ms</th><th>B/A</th></tr>{timings}</table></details>"
-            f"<details open><summary>Environment</summary><table><tr><th>key</th><th>A</th><th>B</th></tr>{env}"
-            "</table></details></body></html>\n")
+    return document(
+        f"VTP runs compared: {' vs '.join(c['verdicts'])}",
+        f"<h1>Two runs compared</h1><p>{verdicts}</p><table>{runs}</table>{cards_html}"
+        f"<h2>What changed</h2><ul class='changes' id='changes'>{changes}</ul>"
+        f"<details id='regressions'{' open' if len(c['regressions']) <= 10 else ''}><summary>Regressions: "
+        f"{len(c['regressions'])}</summary><ul>{regressions}</ul></details>"
+        f"<details><summary>Every tensor result ({len(c['rows'])})</summary><table><tr><th>case</th><th>tensor</th>"
+        "<th>verdict A</th><th>verdict B</th><th>rel_l2 A</th><th>rel_l2 B</th><th>budget A</th><th>budget B</th>"
+        f"</tr>{rows}</table></details><details open><summary>Timing</summary><table><tr><th>task</th>"
+        f"<th>median A ms</th><th>median B ms</th><th>B/A</th></tr>{timings}</table></details>"
+        f"<details open><summary>Environment</summary><table><tr><th>key</th><th>A</th><th>B</th></tr>{env}"
+        "</table></details>", css)
 
 
 def main(argv=None) -> int:

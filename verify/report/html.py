@@ -19,7 +19,6 @@ The summary may be of schema vtp-accuracy-summary/1 or /2; missing fields print 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import math
 from pathlib import Path
@@ -27,23 +26,18 @@ from pathlib import Path
 from verify.report.burn_in import burn_in_html
 from verify.report.fmt import _ms, _num
 from verify.report.glance import GLANCE_CSS, case_anchor, glance_html
+from verify.report.page import document, esc
 from verify.report.summary import _d, environment_of, tensor_rows, timing_rows, verdict_of
 from verify.divergence import _marked, error_vs_depth_png
 from verify.plots import figure_png, matplotlib_pyplot
 
 _CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1d2330;max-width:1400px}
 h1{margin:0 0 6px}h2{margin-top:28px;border-bottom:2px solid #dde2ea;padding-bottom:4px}
-.verdict{font-size:30px;font-weight:700;padding:10px 18px;border-radius:8px;display:inline-block}
-.PASS{background:#d9f2df;color:#14622b}.FAIL{background:#fbdcdc;color:#8d1a1a}.other{background:#eee;color:#444}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}
-td,th{border:1px solid #d6dbe3;padding:3px 7px;text-align:left}
-th{background:#f3f5f8}td.num{text-align:right;font-family:ui-monospace,monospace}tr.bad td{background:#fff1f1}
 .note{background:#fff8e0;border-left:4px solid #e0b400;padding:6px 10px;margin:8px 0}
 .strip{display:flex;gap:10px;flex-wrap:wrap;align-items:flex-start}.strip figure{margin:0}
 .strip img{image-rendering:pixelated;border:1px solid #ccc;width:200px;height:auto}
 figcaption{font-size:12px;color:#555;max-width:200px}.reasons{color:#8d1a1a;font-size:13px}
-img.plot{max-width:100%;border:1px solid #ddd}table.wide{width:100%}td{overflow-wrap:anywhere}
+table.wide{width:100%}td{overflow-wrap:anywhere}
 td.num,th.num{white-space:nowrap;overflow-wrap:normal}
 details summary{cursor:pointer}details.section{margin:10px 0}details.section>summary{font-size:18px;font-weight:600}
 details.case{margin:2px 0}details.case>summary{font-family:ui-monospace,monospace;font-size:13px}
@@ -57,8 +51,7 @@ _OPEN_TARGET = ("<script>function vtpOpen(){var e=document.getElementById(decode
                 "window.addEventListener('hashchange',vtpOpen);window.addEventListener('load',vtpOpen);</script>")
 
 
-def _e(x) -> str:
-    return html.escape("-" if x is None else str(x))
+_e = esc
 
 
 def _png_b64(data: bytes) -> str:
@@ -323,9 +316,8 @@ def render_html(summary: dict, *, divergence=None, recon_images=None, fusion=Non
              _recon_section(recon_images, synthetic), _timing_section(summary, plots_ok),
              burn_in_html(summary, _e, plots_ok),
              '<h2 id="details">Details</h2>', details]
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>VTP verification: "
-            f"{_e(verdict_of(summary, '-'))}</title><style>{_CSS}{GLANCE_CSS}</style></head><body>{''.join(parts)}"
-            f"{_OPEN_TARGET}</body></html>\n")
+    return document(f"VTP verification: {verdict_of(summary, '-')}", "".join(parts) + _OPEN_TARGET,
+                    _CSS + GLANCE_CSS)
 
 
 def write_html_report(path, summary: dict, *, divergence=None, recon_images=None, fusion=None) -> Path:

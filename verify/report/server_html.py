@@ -11,28 +11,21 @@ cross-card consistency and every failure line. Self-contained like the single-ca
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 
 from verify.plots import figure_png, matplotlib_pyplot
 from verify.report.glance import GLANCE_CSS, rank_cause, rank_summaries, ran, server_cause
+from verify.report.page import document, esc
 
 _CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px;color:#1d2330;max-width:1400px}
-.verdict{font-size:30px;font-weight:700;padding:10px 18px;border-radius:8px;display:inline-block}
-.PASS{background:#d9f2df;color:#14622b}.FAIL{background:#fbdcdc;color:#8d1a1a}.other{background:#eee;color:#444}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}
-td,th{border:1px solid #d6dbe3;padding:3px 7px;text-align:left}
-th{background:#f3f5f8}td.num{text-align:right;white-space:nowrap;font-family:ui-monospace,monospace}
-tr.bad td{background:#fff1f1}img.plot{max-width:100%;border:1px solid #ddd}pre{font-size:12px;overflow-x:auto}
+pre{font-size:12px;overflow-x:auto}
 details.section{margin:10px 0}details.section>summary{font-size:18px;font-weight:600;cursor:pointer}
 h2{margin-top:24px;border-bottom:2px solid #dde2ea;padding-bottom:4px}
 """
 
 
-def _e(x) -> str:
-    return html.escape("-" if x is None else str(x))
+_e = esc
 
 
 def per_card_png(summary: dict):
@@ -109,8 +102,7 @@ def render_server_html(summary: dict, out) -> str:
         f'cross-card consistency</summary><pre>{_e(checks)}</pre></details>'
         f'<details class="section" id="failures"><summary>Failures: {len(reasons)} lines</summary><ul>'
         + "".join(f"<li>{_e(x)}</li>" for x in reasons) + "</ul></details>")
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>VTP server verification: "
-            f"{_e(verdict)}</title><style>{_CSS}{GLANCE_CSS}</style></head><body>{body}</body></html>\n")
+    return document(f"VTP server verification: {verdict}", body, _CSS + GLANCE_CSS)
 
 
 def write_server_report(path, summary: dict, out) -> Path:
